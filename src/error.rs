@@ -1,0 +1,173 @@
+//! The crate's one error type. Each variant carries what the operator needs to act (versions,
+//! tables, pids) and its message says how to fix it. `exit_code` maps it to the documented exit
+//! codes of `meta-chat-migrate`. No variant ever holds the database password.
+
+use std::time::Duration;
+
+use crate::orphans::OrphanReport;
+
+/// Exit codes of `meta-chat-migrate` (also in `--help` and the README).
+pub mod exit {
+    pub const SUCCESS: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const ORPHANS: i32 = 3;
+    pub const VERIFY_FAILED: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid database URL: {reason}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]")]
+    InvalidUrl { reason: String },
+
+    #[error("invalid value {value:?} for {what}: {reason}")]
+    Usage {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    #[error("could not connect to {target} within {waited:?}: {cause}; check that PostgreSQL is up and the URL is right, or raise --wait")]
+    Connect {
+        target: String,
+        waited: Duration,
+        cause: String,
+    },
+
+    #[error("{context}: {cause}")]
+    Database {
+        context: String,
+        /// The server's SQLSTATE, when the server sent one.
+        sqlstate: Option<String>,
+        cause: String,
+    },
+
+    #[error("{step}: gave up after {attempts} attempts, each waiting {lock_timeout:?} for a lock; blocking pids: {}; end those sessions or retry when they finish (raise --lock-timeout or --lock-retries to wait longer)", fmt_pids(.blockers))]
+    LockTimeout {
+        step: String,
+        attempts: u32,
+        lock_timeout: Duration,
+        blockers: Vec<i32>,
+    },
+
+    #[error("{0}")]
+    Orphans(OrphanReport),
+
+    #[error("the database has applied migration {version} ({name}) that this build of meta-chat-migrations does not know; run a newer meta-chat-migrate (or the one that applied it)")]
+    UnknownVersion { version: i64, name: String },
+
+    #[error("applied migration {version} ({name}) differs from the embedded one (checksum {applied_checksum} in the database, {embedded_checksum} embedded); applied migrations are history and must not be edited: restore the original file and fix forward with a new version")]
+    Divergent {
+        version: i64,
+        name: String,
+        applied_checksum: String,
+        embedded_checksum: u64,
+    },
+
+    #[error("--target {version} is not a migration of this build; known versions: {known}")]
+    UnknownTarget { version: i64, known: String },
+
+    #[error("{what} is not in the state the runner expects: {detail}")]
+    Inconsistent { what: String, detail: String },
+
+    #[error("{failed} of 7 validation assertions failed: {names}")]
+    VerifyFailed { failed: usize, names: String },
+
+    #[error("refinery: {0}")]
+    Refinery(String),
+}
+
+fn fmt_pids(pids: &[i32]) -> String {
+    if pids.is_empty() {
+        "none seen (the lock was held only briefly)".into()
+    } else {
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidUrl { .. } | Error::Usage { .. } | Error::UnknownTarget { .. } => {
+                exit::USAGE
+            }
+            Error::Orphans(_) => exit::ORPHANS,
+            Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
+            _ => exit::FAILURE,
+        }
+    }
+
+    /// Wraps a driver error with what the runner was doing. The driver's message is flattened
+    /// to one line with its SQLSTATE, detail and hint.
+    pub fn db(context: impl Into<String>, err: postgres::Error) -> Error {
+        Error::Database {
+            context: context.into(),
+            sqlstate: sqlstate(&err).map(str::to_owned),
+            cause: describe_pg_error(&err),
+        }
+    }
+
+    /// The SQLSTATE of the underlying database error, where there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Database { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// One line: `SQLSTATE XXXXX: message (detail: ..., hint: ...)` for server errors, the driver's
+/// own text (with its source chain) otherwise.
+pub fn describe_pg_error(err: &postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            s.push_str(&format!(" (hint: {hint})"));
+        }
+        return s.replace('\n', " ");
+    }
+    let mut s = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// The SQLSTATE of a driver error, if the server sent one.
+pub fn sqlstate(err: &postgres::Error) -> Option<&str> {
+    err.as_db_error().map(|db| db.code().code())
+}
+
+impl From<refinery::Error> for Error {
+    /// Keeps the SQLSTATE of a database error inside refinery's error, so that a migration that
+    /// hit `lock_timeout` can be retried like any other step.
+    fn from(err: refinery::Error) -> Self {
+        let context = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            if let Some(pg) = cause.downcast_ref::<postgres::Error>() {
+                return Error::Database {
+                    context,
+                    sqlstate: sqlstate(pg).map(str::to_owned),
+                    cause: describe_pg_error(pg),
+                };
+            }
+            source = cause.source();
+        }
+        Error::Refinery(context)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

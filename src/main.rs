@@ -1,0 +1,186 @@
+//! `meta-chat-migrate`: a thin shell over the library. Output of a command goes to stdout, logs
+//! and the one error line to stderr, and the exit code says what happened (see `--help`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use meta_chat_migrations::{config::parse_duration, exit, Error, OrphanPolicy, Settings};
+
+/// `println!` that never panics: a closed stdout (`| head`) is not an error of this program.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (connection, lock timeout, inconsistent history or catalog, SQL error)
+  2  usage error (bad flag, bad URL, unknown --target)
+  3  orphaned rows found (check, or migrate refusing under --orphans refuse)
+  4  a verify assertion failed";
+
+/// Applies and checks the meta-chat PostgreSQL schema.
+#[derive(Parser)]
+#[command(name = "meta-chat-migrate", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, else postgres://postgres@localhost:5432/postgres]
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// How long to wait for the database to accept connections.
+    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations (the tenant FKs are restored online, without stopping writes).
+    Migrate(MigrateArgs),
+    /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing.
+    Status(JsonArg),
+    /// Count orphaned rows, show constraint status and partition layout. Exit 3 on orphans.
+    Check(JsonArg),
+    /// Run the spec's seven validation assertions in a rolled-back transaction. Exit 4 on failure.
+    Verify(JsonArg),
+}
+
+#[derive(Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// Apply up to and including this version.
+    #[arg(long, value_name = "VERSION")]
+    target: Option<i64>,
+    /// What to do with rows whose "tenantId" references no tenant.
+    #[arg(long, value_enum, default_value_t = OrphanPolicy::Refuse)]
+    orphans: OrphanPolicy,
+    /// Connections for the per-partition work of the online restore.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// lock_timeout for DDL whose lock would block writes while it waits.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+    /// Retries (with backoff and jitter) of a step that hit lock_timeout.
+    #[arg(long, default_value_t = 10)]
+    lock_retries: u32,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("info,refinery_core=warn,postgres=warn,tokio_postgres=warn"),
+    )
+    .format_target(false)
+    .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Error> {
+    let mut settings = match cli.database_url {
+        Some(url) => Settings::new(url),
+        None => Settings::from_env(),
+    };
+    settings.connect_wait = cli.wait;
+    match cli.command {
+        Command::Migrate(args) => {
+            settings.target = args.target;
+            settings.orphans = args.orphans;
+            settings.jobs = args.jobs.into();
+            settings.lock_timeout = args.lock_timeout;
+            settings.lock_retries = args.lock_retries;
+            let report = meta_chat_migrations::migrate(&settings)?;
+            out!(
+                "{}: at version {} ({} migration(s) applied)",
+                report.database,
+                report.to.map_or("none".into(), |v| v.to_string()),
+                report.applied.len()
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Status(a) => {
+            let status = meta_chat_migrations::status(&settings)?;
+            if a.json {
+                print_json(&status);
+            } else {
+                for e in &status.applied {
+                    let mark = if status.divergent.contains(e) {
+                        "DIVERGENT"
+                    } else {
+                        "applied"
+                    };
+                    out!(
+                        "{mark:<9} {} {}  {}",
+                        e.version,
+                        e.name,
+                        e.applied_on.as_deref().unwrap_or("")
+                    );
+                }
+                for e in &status.unknown {
+                    out!(
+                        "UNKNOWN   {} {}  (applied, not in this build)",
+                        e.version,
+                        e.name
+                    );
+                }
+                for e in &status.pending {
+                    out!("pending   {} {}", e.version, e.name);
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Check(a) => {
+            let report = meta_chat_migrations::check(&settings)?;
+            if a.json {
+                print_json(&report);
+            } else {
+                report.lines().iter().for_each(|l| out!("{l}"));
+            }
+            Ok(if report.orphan_total() > 0 {
+                exit::ORPHANS
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Verify(a) => {
+            let report = meta_chat_migrations::verify(&settings)?;
+            if a.json {
+                print_json(&report);
+            } else {
+                report.lines().iter().for_each(|l| out!("{l}"));
+            }
+            match report.into_result() {
+                Ok(_) => Ok(exit::SUCCESS),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(exit::VERIFY_FAILED)
+                }
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => out!("{json}"),
+        Err(e) => log::error!("could not serialise the report: {e}"),
+    }
+}
