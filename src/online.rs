@@ -172,6 +172,7 @@ pub fn restore(
         settings.jobs
     );
     let counters = Counters::default();
+    counters.total.store(parts.len(), Ordering::Relaxed);
 
     // 1 + 2: the foreign key.
     let parent_fk = constraint_state(main, fk.table, fk.constraint)?;
@@ -198,6 +199,7 @@ pub fn restore(
             policy.run(&step, main_pid, Some(watch), || {
                 main.batch_execute(&sql).map_err(|e| Error::db(&step, e))
             })?;
+            counters.done.store(0, Ordering::Relaxed);
             for_each_partition(settings, &parts, "index", |client, pid, part| {
                 partition_index(client, pid, watch, policy, fk, part, &counters)
             })?;
@@ -238,7 +240,9 @@ pub fn restore(
 
 #[derive(Default)]
 struct Counters {
+    /// Partitions finished in the current phase, of `total`.
     done: AtomicUsize,
+    total: AtomicUsize,
     added: AtomicUsize,
     validated: AtomicUsize,
     built: AtomicUsize,
@@ -292,8 +296,9 @@ fn for_each_partition(
 
 fn progress(counters: &Counters, total_label: &str, part: &Partition, what: &str, took: Duration) {
     let n = counters.done.fetch_add(1, Ordering::Relaxed) + 1;
+    let total = counters.total.load(Ordering::Relaxed);
     log::info!(
-        "{total_label} {} ({n}), ~{} rows: {what} in {:.2}s",
+        "{total_label} {} ({n} of {total}), ~{} rows: {what} in {:.2}s",
         part.relname,
         part.estimated_rows,
         took.as_secs_f64()

@@ -1,0 +1,393 @@
+//! The runner's contract: idempotence, concurrency, read-only status, waiting for the server,
+//! and one-line errors with the documented exit codes.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meta_chat_migrations::{embedded, Settings};
+use postgres::error::SqlState;
+
+fn history(db: &TestDb) -> Vec<(i64, String, String)> {
+    db.client()
+        .query(
+            "SELECT version, name, applied_on FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[test]
+fn migrate_twice_is_a_no_op() {
+    let db = TestDb::new();
+    let first = meta_chat_migrations::migrate(&db.settings()).unwrap();
+    assert_eq!(first.applied.len(), 4);
+    let before = history(&db);
+    let catalog = tenant_catalog(&mut db.client());
+    let second = meta_chat_migrations::migrate(&db.settings()).unwrap();
+    assert!(second.applied.is_empty());
+    assert_eq!(second.to, Some(embedded::latest()));
+    assert_eq!(history(&db), before, "history rewritten");
+    assert_eq!(tenant_catalog(&mut db.client()), catalog);
+    // And the versioned SQL itself is idempotent, applied by hand over the restored state.
+    db.client()
+        .batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+        .unwrap();
+    db.client()
+        .batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
+        .unwrap();
+    assert_eq!(tenant_catalog(&mut db.client()), catalog);
+}
+
+#[test]
+fn a_partition_created_after_the_restore_enforces_the_fk() {
+    let db = TestDb::new();
+    meta_chat_migrations::migrate(&db.settings()).unwrap();
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE messages_2027_01 PARTITION OF messages FOR VALUES FROM ('2027-01-01') TO ('2027-02-01');
+         INSERT INTO tenants (id, name) VALUES ('t', 'T');
+         INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');",
+    )
+    .unwrap();
+    let err = c
+        .execute(
+            "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+             VALUES ('m', 'nobody', 'c', 'user', 'x', '2027-01-15')",
+            &[],
+        )
+        .unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    assert_eq!(db_err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
+    assert_eq!(db_err.constraint(), Some("messages_tenant_id_fkey"));
+    assert_eq!(db_err.table(), Some("messages_2027_01"));
+    let out = db.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn concurrent_runners_apply_each_version_once() {
+    let db = TestDb::new();
+    let url = db.url.clone();
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || run_bin(&url, &["migrate"]))
+        })
+        .collect();
+    for r in runners {
+        let out = r.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let versions: Vec<i64> = history(&db).into_iter().map(|h| h.0).collect();
+    assert_eq!(
+        versions,
+        embedded::migrations()
+            .iter()
+            .map(|m| m.version())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_waiting_runner_names_the_pid_holding_the_lock() {
+    let db = TestDb::new();
+    let mut holder = db.client();
+    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    holder
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
+        .unwrap();
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let url = db.url.clone();
+    let runner = thread::spawn(move || run_bin(&url, &["migrate"]));
+    thread::sleep(Duration::from_millis(1500));
+    holder
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&k1, &k2])
+        .unwrap();
+    let out = runner.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "another runner (pid {pid}) holds the migration lock"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn status_on_an_empty_database_creates_nothing() {
+    let db = TestDb::new();
+    let objects = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')";
+    let before = count(&mut db.client(), objects);
+    let out = db.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["history_table"], false);
+    assert_eq!(status["pending"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        count(&mut db.client(), objects),
+        before,
+        "status created objects"
+    );
+    assert_eq!(
+        count(
+            &mut db.client(),
+            "SELECT count(*) FROM pg_class WHERE relname = 'refinery_schema_history'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn status_lists_applied_and_pending() {
+    let db = TestDb::broken();
+    let out = db.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("applied   20240520120000 partition_messages_api_logs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pending   20251121000002 restore_tenant_fk"),
+        "{text}"
+    );
+}
+
+#[test]
+fn target_stops_at_the_given_version() {
+    let db = TestDb::new();
+    let out = db.run(&["migrate", "--target", "20240520120000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(history(&db).last().unwrap().0, embedded::PARTITIONED);
+}
+
+#[test]
+fn bad_input_gives_one_line_and_the_documented_exit_code() {
+    let db = TestDb::new();
+    // Usage errors: exit 2.
+    for (args, expect) in [
+        (
+            vec!["--database-url", "mysql://u:hunter2@h/db", "status"],
+            "invalid database URL",
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://u:hunter2@h:99999/db",
+                "status",
+            ],
+            "invalid database URL",
+        ),
+        (
+            vec!["--database-url", &db.url, "migrate", "--target", "42"],
+            "--target 42 is not a migration of this build",
+        ),
+        (
+            vec!["--database-url", &db.url, "migrate", "--jobs", "0"],
+            "--jobs",
+        ),
+        (
+            vec![
+                "--database-url",
+                &db.url,
+                "migrate",
+                "--lock-timeout",
+                "soon",
+            ],
+            "--lock-timeout",
+        ),
+        (vec!["--database-url", &db.url, "frobnicate"], "frobnicate"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        count(
+            &mut db.client(),
+            "SELECT count(*) FROM pg_class WHERE relname = 'refinery_schema_history'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn an_unreachable_host_fails_after_the_wait_with_exit_1() {
+    // A port nothing listens on: bind, learn the port, close.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/postgres");
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+        .args(["--database-url", &url, "--wait", "1s", "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let line = error_line(&out);
+    assert!(
+        line.starts_with(&format!(
+            "error: could not connect to host=127.0.0.1 port={port} database=postgres"
+        )),
+        "{line}"
+    );
+    assert!(!stderr(&out).contains("hunter2"));
+}
+
+#[test]
+fn a_missing_database_fails_at_once() {
+    let url = with_dbname(&admin_url(), "mcm_no_such_database");
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+        .args(["--database-url", &url, "--wait", "30s", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for a permanent error"
+    );
+    assert!(error_line(&out).contains("3D000"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_history_from_a_newer_build_is_refused() {
+    let db = TestDb::new();
+    meta_chat_migrations::migrate(&db.settings()).unwrap();
+    db.client()
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (20990101000000, 'from_the_future', '2099-01-01T00:00:00Z', '1')",
+            &[],
+        )
+        .unwrap();
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(line.contains("20990101000000 (from_the_future) that this build of meta-chat-migrations does not know"), "{line}");
+    assert_eq!(
+        stderr(&out)
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1
+    );
+    let out = db.run(&["status"]);
+    assert!(stdout(&out).contains("UNKNOWN   20990101000000 from_the_future"));
+}
+
+#[test]
+fn an_edited_applied_migration_is_refused_as_divergent() {
+    let db = TestDb::broken();
+    db.client()
+        .execute(
+            "UPDATE refinery_schema_history SET checksum = '12345' WHERE version = $1",
+            &[&embedded::PARTITIONED],
+        )
+        .unwrap();
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(error_line(&out).contains("applied migration 20240520120000 (partition_messages_api_logs) differs from the embedded one"), "{}", stderr(&out));
+    let untouched: bool = db
+        .client()
+        .query_one("SELECT to_regclass('messages_tenant_id_idx') IS NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        untouched,
+        "a later migration ran despite the divergent history"
+    );
+}
+
+/// Forwards one TCP connection to the real server.
+fn proxy(client: TcpStream, server: &str) {
+    let Ok(upstream) = TcpStream::connect(server) else {
+        return;
+    };
+    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+    let (mut a_read, mut b_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let (mut b_read, mut a_write) = (upstream, client);
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut a_read, &mut b_write);
+        let _ = b_write.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut b_read, &mut a_write);
+    let _ = a_write.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn the_runner_waits_for_a_database_that_is_not_up_yet() {
+    // As a compose init step: the runner starts first; PostgreSQL only accepts connections on
+    // this port two seconds later (a proxy to the real server stands in for its start).
+    let db = TestDb::new();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
+    let runner = {
+        let url = url.clone();
+        thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+                .args(["--database-url", &url, "--wait", "60s", "migrate"])
+                .output()
+                .unwrap()
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let upstream = "127.0.0.1:5432".to_string();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            thread::spawn(move || proxy(conn, &upstream));
+        }
+    });
+    let out = runner.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for host=127.0.0.1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("connected to host=127.0.0.1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(history(&db).len(), 4);
+}
+
+#[test]
+fn library_settings_default_to_the_documented_values() {
+    let s = Settings::new("postgres://x@y/z");
+    assert_eq!(s.connect_wait, Duration::from_secs(60));
+    assert_eq!(s.orphans, meta_chat_migrations::OrphanPolicy::Refuse);
+    assert_eq!(s.target, None);
+}
