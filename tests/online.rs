@@ -1,0 +1,242 @@
+//! The online restore (issue 3): same end state as the spec's blocking SQL, writes go on while a
+//! partition is validated, and every interrupted state converges on the next run.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meta_chat_migrations::{embedded, migrate};
+use postgres::Client;
+
+fn seeded_broken() -> TestDb {
+    let db = TestDb::broken();
+    seed(&mut db.client(), 10, 5000);
+    db
+}
+
+/// The catalog that the spec's SQL, applied the plain (blocking) way, produces.
+fn plain_catalog() -> Vec<String> {
+    let db = seeded_broken();
+    let mut c = db.client();
+    c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+        .unwrap();
+    c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
+        .unwrap();
+    tenant_catalog(&mut c)
+}
+
+#[test]
+fn the_online_end_state_equals_the_plain_one() {
+    let plain = plain_catalog();
+    let db = seeded_broken();
+    let report = migrate(&db.settings()).unwrap();
+    let online = tenant_catalog(&mut db.client());
+    assert_eq!(online, plain);
+    // 2 tables x (parent + 37 partitions) constraints and indexes.
+    assert_eq!(online.len(), 4 * 38, "{online:#?}");
+    assert!(online.contains(&"constraint messages_2025_03.messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE validated=t parent=messages".to_string()), "{online:#?}");
+    assert!(online.contains(&"index \"messages_2025_03_tenantId_idx\" on messages_2025_03 valid=t parent=messages_tenant_id_idx".to_string()), "{online:#?}");
+    assert_eq!(report.online.len(), 2);
+    assert_eq!(report.online[0].partitions, 37);
+    assert_eq!(report.online[0].constraints_validated, 37);
+    assert_eq!(report.online[0].indexes_built, 37);
+}
+
+fn wait_for(c: &mut Client, sql: &str, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if count(c, sql) > 0 {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+const INSERT_INTO_MARCH: &str =
+    "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+     VALUES ($1, 't1', 'c1', 'user', 'during', '2025-03-15')";
+
+/// A validation of messages_2025_03 is held waiting behind a session that holds SHARE UPDATE
+/// EXCLUSIVE on that partition (which no insert conflicts with). An insert into the partition
+/// then completes at once under the runner, and waits under the spec's SQL.
+#[test]
+fn inserts_do_not_wait_for_a_partition_validation() {
+    let db = seeded_broken();
+    // As if a previous run had got as far as NOT VALID on this partition.
+    db.client()
+        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
+        .unwrap();
+    let mut holder = db.client();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
+        .unwrap();
+    let mut settings = db.settings();
+    settings.jobs = 1;
+    let runner = thread::spawn(move || migrate(&settings));
+
+    let mut watcher = db.client();
+    let queued = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.relation = 'messages_2025_03'::regclass AND NOT l.granted AND l.mode = 'ShareUpdateExclusiveLock'
+          AND a.query LIKE '%VALIDATE CONSTRAINT%'";
+    assert!(
+        wait_for(&mut watcher, queued, Duration::from_secs(30)),
+        "the runner never reached the validation"
+    );
+
+    let mut writer = db.client();
+    writer
+        .batch_execute("SET statement_timeout = '3s'")
+        .unwrap();
+    let started = Instant::now();
+    writer
+        .execute(INSERT_INTO_MARCH, &[&"during-online"])
+        .expect("insert blocked by the online validation");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+
+    holder.batch_execute("COMMIT").unwrap();
+    let report = runner.join().unwrap().unwrap();
+    assert_eq!(report.to, Some(embedded::latest()));
+    assert_eq!(
+        count(
+            &mut writer,
+            "SELECT count(*) FROM messages WHERE id = 'during-online'"
+        ),
+        1
+    );
+
+    // The negative: the spec's SQL queued behind the same holder blocks the same insert.
+    let plain = seeded_broken();
+    let mut holder = plain.client();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
+        .unwrap();
+    let url = plain.url.clone();
+    let spec_sql = thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+    });
+    let mut watcher = plain.client();
+    assert!(wait_for(
+        &mut watcher,
+        "SELECT count(*) FROM pg_locks WHERE relation = 'messages_2025_03'::regclass AND NOT granted AND mode = 'ShareRowExclusiveLock'",
+        Duration::from_secs(30)
+    ));
+    let mut writer = plain.client();
+    writer
+        .batch_execute("SET statement_timeout = '1s'")
+        .unwrap();
+    let err = writer
+        .execute(INSERT_INTO_MARCH, &[&"during-plain"])
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code().code(),
+        "57014",
+        "the insert should have waited until cancelled"
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    spec_sql.join().unwrap().unwrap();
+}
+
+/// Leaves the broken database as an interrupted run could: some partitions NOT VALID, one
+/// validated, the parent index ON ONLY with one child attached, one child index INVALID.
+fn interrupt_midway(c: &mut Client) {
+    c.batch_execute(
+        "ALTER TABLE messages_2024_01 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID;
+         ALTER TABLE messages_2024_02 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID;
+         ALTER TABLE messages_2024_02 VALIDATE CONSTRAINT messages_tenant_id_fkey;
+         CREATE INDEX messages_tenant_id_idx ON ONLY messages (\"tenantId\");
+         CREATE INDEX \"messages_2024_03_tenantId_idx\" ON messages_2024_03 (\"tenantId\");
+         ALTER INDEX messages_tenant_id_idx ATTACH PARTITION \"messages_2024_03_tenantId_idx\";",
+    )
+    .unwrap();
+    // An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index: a failing unique build
+    // does the same.
+    let err = c
+        .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY \"messages_2024_04_tenantId_idx\" ON messages_2024_04 (\"tenantId\")")
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "23505");
+    assert_eq!(
+        count(c, "SELECT count(*) FROM pg_index WHERE indexrelid = '\"messages_2024_04_tenantId_idx\"'::regclass AND NOT indisvalid"),
+        1
+    );
+}
+
+#[test]
+fn a_run_resumes_from_an_interrupted_one() {
+    let plain = plain_catalog();
+    let db = seeded_broken();
+    interrupt_midway(&mut db.client());
+    let before = row_counts(&mut db.client());
+    let report = migrate(&db.settings()).unwrap();
+    assert_eq!(tenant_catalog(&mut db.client()), plain);
+    assert_eq!(row_counts(&mut db.client()), before);
+    let messages = &report.online[0];
+    assert_eq!(
+        messages.constraints_added, 35,
+        "two partitions already had the constraint"
+    );
+    assert_eq!(
+        messages.constraints_validated, 36,
+        "the validated one is not validated again"
+    );
+    assert_eq!(messages.invalid_indexes_dropped, 1);
+    assert_eq!(
+        messages.indexes_built, 36,
+        "the attached one is not rebuilt"
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn the_versioned_sql_alone_finishes_an_interrupted_online_run() {
+    let plain = plain_catalog();
+    let db = seeded_broken();
+    let mut c = db.client();
+    interrupt_midway(&mut c);
+    c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+        .unwrap();
+    c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
+        .unwrap();
+    assert_eq!(tenant_catalog(&mut c), plain);
+}
+
+#[test]
+fn adoption_alone_is_resumed_without_validating_again() {
+    let db = seeded_broken();
+    let mut c = db.client();
+    // Every partition validated, the run stopped before the parent adopted them.
+    c.batch_execute(
+        "DO $$ DECLARE p regclass; BEGIN
+           FOR p IN SELECT relid FROM pg_partition_tree('messages') WHERE isleaf LOOP
+             EXECUTE format('ALTER TABLE %s ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE', p);
+           END LOOP; END $$;",
+    )
+    .unwrap();
+    let report = migrate(&db.settings()).unwrap();
+    assert_eq!(report.online[0].constraints_added, 0);
+    assert_eq!(report.online[0].constraints_validated, 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_tenant_id_fkey' AND conparentid = (SELECT oid FROM pg_constraint WHERE conrelid = 'messages'::regclass AND conname = 'messages_tenant_id_fkey')"),
+        37
+    );
+}
+
+#[test]
+fn a_conflicting_constraint_of_the_same_name_is_refused_with_a_fix() {
+    let db = seeded_broken();
+    db.client()
+        .batch_execute("ALTER TABLE messages_2024_05 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE RESTRICT NOT VALID")
+        .unwrap();
+    let out = db.run(&["migrate", "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.contains("messages_tenant_id_fkey on messages_2024_05"),
+        "{line}"
+    );
+    assert!(line.contains("drop or rename that constraint"), "{line}");
+}
