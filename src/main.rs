@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             .default_filter_or("info,refinery_core=warn,postgres=warn,tokio_postgres=warn"),
     )
     .format_target(false)
+    .format_timestamp_millis()
     .init();
     let cli = Cli::parse();
     match run(cli) {

@@ -113,23 +113,20 @@ fn migrate_locked(
         .iter()
         .filter_map(|e| tenant_fk::for_version(e.version))
         .collect();
-    let mut preflight_done = false;
+    let mut restored = false;
 
     for entry in &pending {
-        if let Some(fk) = tenant_fk::for_version(entry.version) {
-            if !preflight_done {
-                let unfinished: Vec<&TenantFk> = pending_fks
-                    .iter()
-                    .copied()
-                    .filter(|fk| !online::constraint_exists_validated(client, fk).unwrap_or(false))
-                    .collect();
-                report.orphans_resolved =
-                    orphans::preflight(client, settings.orphans, &unfinished)?;
-                preflight_done = true;
-            }
-            report
-                .online
-                .push(online::restore(settings, client, &watch, fk)?);
+        if tenant_fk::for_version(entry.version).is_some() && !restored {
+            // Before the first tenant FK version: the orphan pre-flight for every pending one,
+            // then their online restore in one pass, so each versioned migration only records.
+            let unfinished: Vec<&TenantFk> = pending_fks
+                .iter()
+                .copied()
+                .filter(|fk| !online::constraint_exists_validated(client, fk).unwrap_or(false))
+                .collect();
+            report.orphans_resolved = orphans::preflight(client, settings.orphans, &unfinished)?;
+            report.online = online::restore(settings, client, &watch, &pending_fks)?;
+            restored = true;
         }
         apply_one(client, pid, &watch, policy, entry)?;
         report.applied.push(entry.clone());

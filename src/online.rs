@@ -140,143 +140,207 @@ pub fn is_complete(client: &mut impl GenericClient, fk: &TenantFk) -> Result<boo
     Ok(constraint_exists_validated(client, fk)? && index_validity(client, fk.index)? == Some(true))
 }
 
-/// Restores `fk` online. `main` is the runner's connection (holding the advisory lock).
-pub fn restore(
-    settings: &Settings,
-    main: &mut Client,
-    watch: &BlockerWatch,
-    fk: &TenantFk,
-) -> Result<OnlineReport> {
-    let started = Instant::now();
-    let mut report = OnlineReport {
-        table: fk.table.to_string(),
-        ..OnlineReport::default()
-    };
-    if is_complete(main, fk)? {
-        log::info!("{}: constraint and index already in place", fk.table);
-        return Ok(report);
-    }
-    let policy = LockPolicy::of(settings);
-    let main_pid = db::backend_pid(main)?;
-    let partitioned = is_partitioned(main, fk.table)?;
-    let parts = leaf_partitions(main, fk.table)?;
-    report.partitions = parts.len();
-    let total_rows: i64 = parts.iter().map(|p| p.estimated_rows).sum();
-    log::info!(
-        "{}: restoring {} and {} online over {} partition(s), ~{} rows, {} job(s)",
-        fk.table,
-        fk.constraint,
-        fk.index,
-        parts.len(),
-        total_rows,
-        settings.jobs
-    );
-    let counters = Counters::default();
-    counters.total.store(parts.len(), Ordering::Relaxed);
-
-    // 1 + 2: the foreign key.
-    let parent_fk = constraint_state(main, fk.table, fk.constraint)?;
-    if !parent_fk.as_ref().is_some_and(|c| c.validated) {
-        if partitioned || parent_fk.is_none() {
-            for_each_partition(settings, &parts, "foreign key", |client, pid, part| {
-                partition_fk(client, pid, watch, policy, fk, part, &counters)
-            })?;
-        }
-        if partitioned {
-            adopt_on_parent(main, main_pid, watch, policy, fk, parent_fk.as_ref())?;
-        }
-    }
-
-    // 3: the index.
-    match index_validity(main, fk.index)? {
-        Some(true) => {}
-        _ if partitioned => {
-            let sql = format!(
-                "CREATE INDEX IF NOT EXISTS {} ON ONLY {} (\"tenantId\")",
-                fk.index, fk.table
-            );
-            let step = format!("{}: create {} on only the parent", fk.table, fk.index);
-            policy.run(&step, main_pid, Some(watch), || {
-                main.batch_execute(&sql).map_err(|e| Error::db(&step, e))
-            })?;
-            counters.done.store(0, Ordering::Relaxed);
-            for_each_partition(settings, &parts, "index", |client, pid, part| {
-                partition_index(client, pid, watch, policy, fk, part, &counters)
-            })?;
-            if index_validity(main, fk.index)? != Some(true) {
-                return Err(Error::Inconsistent {
-                    what: format!("index {}", fk.index),
-                    detail: "still invalid after every partition's index was attached; a partition was probably added during the run: run migrate again".into(),
-                });
-            }
-        }
-        existing => {
-            let table = Partition {
-                relation: fk.table.to_string(),
-                relname: fk.table.to_string(),
-                estimated_rows: total_rows,
-            };
-            build_index_concurrently(main, fk.index, &table, existing == Some(false), &counters)?;
-        }
-    }
-
-    report.constraints_added = counters.added.load(Ordering::Relaxed);
-    report.constraints_validated = counters.validated.load(Ordering::Relaxed);
-    report.indexes_built = counters.built.load(Ordering::Relaxed);
-    report.invalid_indexes_dropped = counters.dropped.load(Ordering::Relaxed);
-    report.seconds = started.elapsed().as_secs_f64();
-    log::info!(
-        "{}: done in {:.1}s: {} partition(s), {} constraint(s) added, {} validated, {} index(es) built, {} invalid index(es) dropped",
-        fk.table,
-        report.seconds,
-        report.partitions,
-        report.constraints_added,
-        report.constraints_validated,
-        report.indexes_built,
-        report.invalid_indexes_dropped
-    );
-    Ok(report)
+/// What one table needs, decided from the catalog before any work starts.
+struct TablePlan<'a> {
+    fk: &'a TenantFk,
+    partitioned: bool,
+    parent_fk: Option<ConstraintState>,
+    fk_needed: bool,
+    index_needed: bool,
+    parts: Vec<Partition>,
+    counters: Counters,
 }
 
 #[derive(Default)]
 struct Counters {
-    /// Partitions finished in the current phase, of `total`.
-    done: AtomicUsize,
-    total: AtomicUsize,
     added: AtomicUsize,
     validated: AtomicUsize,
     built: AtomicUsize,
     dropped: AtomicUsize,
 }
 
-/// Runs `work` for every partition on `settings.jobs` connections of its own, stopping at the
-/// first error.
-fn for_each_partition(
+/// Restores every FK of `fks` online, in one pass over all their partitions on
+/// `settings.jobs` connections. `main` is the runner's connection (holding the advisory lock).
+pub fn restore(
     settings: &Settings,
-    parts: &[Partition],
-    phase: &str,
-    work: impl Fn(&mut Client, i32, &Partition) -> Result<()> + Sync,
+    main: &mut Client,
+    watch: &BlockerWatch,
+    fks: &[&TenantFk],
+) -> Result<Vec<OnlineReport>> {
+    let started = Instant::now();
+    let policy = LockPolicy::of(settings);
+    let main_pid = db::backend_pid(main)?;
+
+    let mut plans = Vec::new();
+    for fk in fks {
+        let partitioned = is_partitioned(main, fk.table)?;
+        let parent_fk = constraint_state(main, fk.table, fk.constraint)?;
+        let fk_needed = !parent_fk.as_ref().is_some_and(|c| c.validated);
+        let index_needed = index_validity(main, fk.index)? != Some(true);
+        let parts = if fk_needed || index_needed {
+            leaf_partitions(main, fk.table)?
+        } else {
+            log::info!(
+                "{}: {} and {} already in place",
+                fk.table,
+                fk.constraint,
+                fk.index
+            );
+            Vec::new()
+        };
+        if index_needed && partitioned {
+            // Instant: the parent index starts INVALID and turns valid with the last ATTACH.
+            let sql = format!(
+                "CREATE INDEX IF NOT EXISTS {} ON ONLY {} (\"tenantId\")",
+                fk.index, fk.table
+            );
+            bounded(
+                main,
+                main_pid,
+                watch,
+                policy,
+                &format!("{}: create {} on only the parent", fk.table, fk.index),
+                &sql,
+            )?;
+        }
+        if !parts.is_empty() {
+            log::info!(
+                "{}: restoring {}{} online over {} partition(s), ~{} rows, {} job(s)",
+                fk.table,
+                if fk_needed { fk.constraint } else { "" },
+                if index_needed {
+                    format!(" {}", fk.index)
+                } else {
+                    String::new()
+                },
+                parts.len(),
+                parts.iter().map(|p| p.estimated_rows).sum::<i64>(),
+                settings.jobs
+            );
+        }
+        plans.push(TablePlan {
+            fk,
+            partitioned,
+            parent_fk,
+            fk_needed,
+            index_needed,
+            parts,
+            counters: Counters::default(),
+        });
+    }
+
+    let items: Vec<(usize, usize)> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(p, plan)| (0..plan.parts.len()).map(move |q| (p, q)))
+        .collect();
+    let done = AtomicUsize::new(0);
+    for_each_item(settings, &items, |client, pid, &(p, q)| {
+        let plan = &plans[p];
+        let part = &plan.parts[q];
+        let step_started = Instant::now();
+        let mut steps = Vec::new();
+        if plan.fk_needed {
+            steps.push(partition_fk(
+                client,
+                pid,
+                watch,
+                policy,
+                plan.fk,
+                part,
+                &plan.counters,
+            )?);
+        }
+        if plan.index_needed {
+            steps.push(if plan.partitioned {
+                partition_index(client, pid, watch, policy, plan.fk, part, &plan.counters)?
+            } else {
+                let invalid = index_validity(client, plan.fk.index)? == Some(false);
+                build_index_concurrently(client, plan.fk.index, part, invalid, &plan.counters)?;
+                "index built"
+            });
+        }
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        log::info!(
+            "{} ({n} of {}), ~{} rows: {} in {:.2}s",
+            part.relname,
+            items.len(),
+            part.estimated_rows,
+            steps.join(", "),
+            step_started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })?;
+
+    let mut reports = Vec::new();
+    for plan in &plans {
+        let fk = plan.fk;
+        if plan.fk_needed && plan.partitioned {
+            adopt_on_parent(main, main_pid, watch, policy, fk, plan.parent_fk.as_ref())?;
+        }
+        if plan.index_needed && index_validity(main, fk.index)? != Some(true) {
+            return Err(Error::Inconsistent {
+                what: format!("index {}", fk.index),
+                detail: "still invalid after every partition's index was attached; a partition was probably added during the run: run migrate again".into(),
+            });
+        }
+        let c = &plan.counters;
+        let report = OnlineReport {
+            table: fk.table.to_string(),
+            partitions: plan.parts.len(),
+            constraints_added: c.added.load(Ordering::Relaxed),
+            constraints_validated: c.validated.load(Ordering::Relaxed),
+            indexes_built: c.built.load(Ordering::Relaxed),
+            invalid_indexes_dropped: c.dropped.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        log::info!(
+            "{}: done: {} partition(s), {} constraint(s) added, {} validated, {} index(es) built, {} invalid index(es) dropped",
+            report.table,
+            report.partitions,
+            report.constraints_added,
+            report.constraints_validated,
+            report.indexes_built,
+            report.invalid_indexes_dropped
+        );
+        reports.push(report);
+    }
+    log::info!(
+        "online restore finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(reports)
+}
+
+/// Runs `work` for every item on `settings.jobs` connections of its own, stopping at the first
+/// error. Worker sessions have `lock_timeout = 0`: the steps whose locks would block writes set
+/// their own bound with [`bounded`].
+fn for_each_item<T: Sync>(
+    settings: &Settings,
+    items: &[T],
+    work: impl Fn(&mut Client, i32, &T) -> Result<()> + Sync,
 ) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let jobs = settings.jobs.clamp(1, parts.len().max(1));
+    let jobs = settings.jobs.clamp(1, items.len());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
                 let outcome = (|| -> Result<()> {
                     let mut client = db::connect_once(settings)?;
+                    db::set_lock_timeout(&mut client, Duration::ZERO)?;
                     let pid = db::backend_pid(&mut client)?;
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(part) = parts.get(i) else {
-                            return Ok(());
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
                         };
-                        work(&mut client, pid, part)?;
+                        work(&mut client, pid, item)?;
                     }
+                    Ok(())
                 })();
                 if let Err(e) = outcome {
                     failed.store(true, Ordering::Relaxed);
@@ -287,22 +351,33 @@ fn for_each_partition(
     });
     match first_error.into_inner().unwrap() {
         Some(e) => {
-            log::error!("the {phase} phase stopped at the first error; a new run resumes it");
+            log::error!("the online restore stopped at the first error; the next run resumes it");
             Err(e)
         }
         None => Ok(()),
     }
 }
 
-fn progress(counters: &Counters, total_label: &str, part: &Partition, what: &str, took: Duration) {
-    let n = counters.done.fetch_add(1, Ordering::Relaxed) + 1;
-    let total = counters.total.load(Ordering::Relaxed);
-    log::info!(
-        "{total_label} {} ({n} of {total}), ~{} rows: {what} in {:.2}s",
-        part.relname,
-        part.estimated_rows,
-        took.as_secs_f64()
+/// A DDL statement whose lock, even while queued, would block writes: in its own transaction
+/// with `SET LOCAL lock_timeout`, retried with backoff while it times out.
+fn bounded(
+    client: &mut Client,
+    pid: i32,
+    watch: &BlockerWatch,
+    policy: LockPolicy,
+    step: &str,
+    sql: &str,
+) -> Result<()> {
+    let timeout = format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        policy.lock_timeout.as_millis()
     );
+    policy.run(step, pid, Some(watch), || {
+        let mut tx = client.transaction().map_err(|e| Error::db(step, e))?;
+        tx.batch_execute(&timeout).map_err(|e| Error::db(step, e))?;
+        tx.batch_execute(sql).map_err(|e| Error::db(step, e))?;
+        tx.commit().map_err(|e| Error::db(step, e))
+    })
 }
 
 /// Step 1 for one partition: NOT VALID, then VALIDATE, skipping what is already done.
@@ -314,18 +389,22 @@ fn partition_fk(
     fk: &TenantFk,
     part: &Partition,
     counters: &Counters,
-) -> Result<()> {
-    let started = Instant::now();
+) -> Result<&'static str> {
     let label = format!("{} on {}", fk.constraint, part.relname);
+    let mut added = false;
     let state = match constraint_state(client, &part.relation, fk.constraint)? {
         Some(state) => state,
         None => {
-            let sql = fk.add_sql(&part.relation, true);
-            let step = format!("{label}: add NOT VALID");
-            policy.run(&step, pid, Some(watch), || {
-                client.batch_execute(&sql).map_err(|e| Error::db(&step, e))
-            })?;
+            bounded(
+                client,
+                pid,
+                watch,
+                policy,
+                &format!("{label}: add NOT VALID"),
+                &fk.add_sql(&part.relation, true),
+            )?;
             counters.added.fetch_add(1, Ordering::Relaxed);
+            added = true;
             constraint_state(client, &part.relation, fk.constraint)?.ok_or_else(|| {
                 Error::Inconsistent {
                     what: label.clone(),
@@ -345,22 +424,15 @@ fn partition_fk(
         });
     }
     if state.validated {
-        progress(
-            counters,
-            "foreign key",
-            part,
-            "already validated",
-            started.elapsed(),
-        );
-        return Ok(());
+        return Ok("constraint already validated");
     }
+    let step = format!("{label}: validate");
     let sql = format!(
         "ALTER TABLE {} VALIDATE CONSTRAINT {}",
         part.relation, fk.constraint
     );
-    let step = format!("{label}: validate");
     watch.watch(pid, &step);
-    let outcome = with_unbounded_lock_wait(client, |c| c.batch_execute(&sql));
+    let outcome = client.batch_execute(&sql);
     watch.take(pid);
     outcome.map_err(|e| {
         let err = Error::db(&step, e);
@@ -374,14 +446,11 @@ fn partition_fk(
         }
     })?;
     counters.validated.fetch_add(1, Ordering::Relaxed);
-    progress(
-        counters,
-        "foreign key",
-        part,
-        "validated",
-        started.elapsed(),
-    );
-    Ok(())
+    Ok(if added {
+        "constraint added and validated"
+    } else {
+        "constraint validated"
+    })
 }
 
 /// Step 2: the parent constraint adopts the partitions' validated constraints.
@@ -406,9 +475,7 @@ fn adopt_on_parent(
             fk.table, fk.constraint
         ),
     };
-    policy.run(&step, main_pid, Some(watch), || {
-        main.batch_execute(&sql).map_err(|e| Error::db(&step, e))
-    })?;
+    bounded(main, main_pid, watch, policy, &step, &sql)?;
     let parent =
         constraint_state(main, fk.table, fk.constraint)?.ok_or_else(|| Error::Inconsistent {
             what: step.clone(),
@@ -416,10 +483,10 @@ fn adopt_on_parent(
         })?;
     for part in leaf_partitions(main, fk.table)? {
         let child = constraint_state(main, &part.relation, fk.constraint)?;
-        let adopted = child
+        if !child
             .as_ref()
-            .is_some_and(|c| c.validated && c.parent == parent.oid);
-        if !adopted {
+            .is_some_and(|c| c.validated && c.parent == parent.oid)
+        {
             return Err(Error::Inconsistent {
                 what: format!("{} on {}", fk.constraint, part.relname),
                 detail: format!("not adopted by the parent constraint (found {child:?})"),
@@ -440,21 +507,13 @@ fn partition_index(
     fk: &TenantFk,
     part: &Partition,
     counters: &Counters,
-) -> Result<()> {
-    let started = Instant::now();
+) -> Result<&'static str> {
     let attached = client
         .query_opt(ATTACHED_CHILD_INDEX, &[&fk.index, &part.relation])
         .map_err(|e| Error::db(format!("reading the indexes of {}", part.relname), e))?
         .is_some();
     if attached {
-        progress(
-            counters,
-            "index",
-            part,
-            "already attached",
-            started.elapsed(),
-        );
-        return Ok(());
+        return Ok("index already attached");
     }
     let child = child_index_name(part);
     let leftover_invalid = index_validity(client, &child)? == Some(false);
@@ -467,22 +526,25 @@ fn partition_index(
         fk.index,
         quote_ident(&child)
     );
-    let step = format!("{} on {}: attach", fk.index, part.relname);
-    policy.run(&step, pid, Some(watch), || {
-        client.batch_execute(&sql).map_err(|e| Error::db(&step, e))
-    })?;
-    progress(
-        counters,
-        "index",
-        part,
-        "built and attached",
-        started.elapsed(),
-    );
-    Ok(())
+    bounded(
+        client,
+        pid,
+        watch,
+        policy,
+        &format!("{} on {}: attach", fk.index, part.relname),
+        &sql,
+    )?;
+    Ok(if leftover_invalid {
+        "invalid index dropped, rebuilt and attached"
+    } else {
+        "index built and attached"
+    })
 }
 
 /// `CREATE INDEX CONCURRENTLY` of `name` on `part`, after `DROP INDEX CONCURRENTLY` of an
-/// INVALID one of that name (what an interrupted build leaves).
+/// INVALID one of that name (what an interrupted build leaves). Runs with the worker's
+/// `lock_timeout = 0`: SHARE UPDATE EXCLUSIVE never blocks reads or writes, and giving up would
+/// throw away the build.
 fn build_index_concurrently(
     client: &mut Client,
     name: &str,
@@ -492,8 +554,11 @@ fn build_index_concurrently(
 ) -> Result<()> {
     if drop_invalid_first {
         log::info!("{name}: dropping the INVALID index an interrupted build left");
-        let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", quote_ident(name));
-        with_unbounded_lock_wait(client, |c| c.batch_execute(&sql))
+        client
+            .batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                quote_ident(name)
+            ))
             .map_err(|e| Error::db(format!("dropping invalid index {name}"), e))?;
         counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -502,24 +567,9 @@ fn build_index_concurrently(
         quote_ident(name),
         part.relation
     );
-    with_unbounded_lock_wait(client, |c| c.batch_execute(&sql))
+    client
+        .batch_execute(&sql)
         .map_err(|e| Error::db(format!("building index {name} on {}", part.relname), e))?;
     counters.built.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Runs `f` with `lock_timeout = 0`, for statements whose SHARE UPDATE EXCLUSIVE lock never
-/// blocks reads or writes, then restores the session's timeout.
-fn with_unbounded_lock_wait<T>(
-    client: &mut Client,
-    f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
-) -> std::result::Result<T, postgres::Error> {
-    let previous: String = client.query_one("SHOW lock_timeout", &[])?.get(0);
-    client.batch_execute("SET lock_timeout = 0")?;
-    let outcome = f(client);
-    client.batch_execute(&format!(
-        "SET lock_timeout = '{}'",
-        previous.replace('\'', "")
-    ))?;
-    outcome
 }
