@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 /// The local development default, used when neither `--database-url` nor `DATABASE_URL` is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
 
+/// Connections for the per-partition work of the online restore. Two: each job is one busy
+/// backend (a scan, or an index sort), so two roughly halve the wall time on a small server
+/// while leaving its other cores to the application; concurrent index builds on different
+/// partitions do not wait for each other (PostgreSQL 14+). Raise it on a server with idle cores.
+pub const DEFAULT_JOBS: usize = 2;
+
 /// What to do with rows whose "tenantId" references no tenant, before the tenant FKs go on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +58,7 @@ impl Settings {
             lock_timeout: Duration::from_secs(2),
             lock_retries: 10,
             orphans: OrphanPolicy::Refuse,
-            jobs: 1,
+            jobs: DEFAULT_JOBS,
             target: None,
         }
     }

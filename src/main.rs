@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use meta_chat_migrations::{config::parse_duration, exit, Error, OrphanPolicy, Settings};
+use meta_chat_migrations::config::{parse_duration, DEFAULT_JOBS};
+use meta_chat_migrations::{exit, Error, OrphanPolicy, Settings};
 
 /// `println!` that never panics: a closed stdout (`| head`) is not an error of this program.
 macro_rules! out {
@@ -67,7 +68,7 @@ struct MigrateArgs {
     #[arg(long, value_enum, default_value_t = OrphanPolicy::Refuse)]
     orphans: OrphanPolicy,
     /// Connections for the per-partition work of the online restore.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
     /// lock_timeout for DDL whose lock would block writes while it waits.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]

@@ -388,6 +388,35 @@ fn the_runner_waits_for_a_database_that_is_not_up_yet() {
 fn library_settings_default_to_the_documented_values() {
     let s = Settings::new("postgres://x@y/z");
     assert_eq!(s.connect_wait, Duration::from_secs(60));
+    assert_eq!(s.lock_timeout, Duration::from_secs(2));
+    assert_eq!(s.lock_retries, 10);
+    assert_eq!(s.jobs, 2);
     assert_eq!(s.orphans, meta_chat_migrations::OrphanPolicy::Refuse);
     assert_eq!(s.target, None);
+}
+
+/// What examples/app_boot.rs does: the synchronous runner called from a tokio application
+/// through spawn_blocking, by several "replicas" at once.
+#[test]
+fn migrate_at_boot_from_a_tokio_app() {
+    let db = TestDb::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let applied: usize = runtime.block_on(async {
+        let boots: Vec<_> = (0..3)
+            .map(|_| {
+                let settings = db.settings();
+                tokio::task::spawn_blocking(move || meta_chat_migrations::migrate(&settings))
+            })
+            .collect();
+        let mut applied = 0;
+        for b in boots {
+            applied += b.await.unwrap().unwrap().applied.len();
+        }
+        applied
+    });
+    assert_eq!(applied, 4, "each version applied by exactly one replica");
+    assert_eq!(history(&db).len(), 4);
 }
