@@ -3,11 +3,12 @@
 //! and (b) the runner's online restore, with --jobs 1 and --jobs 2. Prints figures; asserts
 //! nothing.
 //!
-//!     cargo bench --bench restore_online -- [--sizes 3000000,12000000] [--writers 2] [--keep]
+//!     cargo bench --bench restore_online -- [--sizes 3000000,12000000] [--writers 2] [--repeat 3] [--keep]
 //!
 //! Each size is seeded once into a template database (N messages over 33 monthly partitions,
 //! N/4 api_logs, VACUUM FREEZE so no run pays for hint bits), and every approach runs on a fresh
-//! copy of it (`CREATE DATABASE ... TEMPLATE`). The server is `BENCH_DATABASE_URL` or
+//! copy of it (`CREATE DATABASE ... TEMPLATE`), `--repeat` times; the figures printed per
+//! approach are the medians of the repeats, since a maximum of a single run is noisy. The server is `BENCH_DATABASE_URL` or
 //! `TEST_DATABASE_URL` or the local one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,7 @@ CREATE INDEX api_logs_tenant_id_idx ON api_logs ("tenantId");
 struct Args {
     sizes: Vec<i64>,
     writers: usize,
+    repeat: usize,
     keep: bool,
 }
 
@@ -40,6 +42,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         sizes: vec![3_000_000, 12_000_000],
         writers: 2,
+        repeat: 3,
         keep: false,
     };
     let mut it = std::env::args().skip(1);
@@ -61,6 +64,7 @@ fn parse_args() -> Args {
             "--writers" => {
                 args.writers = it.next().expect("--writers N").parse().expect("a number")
             }
+            "--repeat" => args.repeat = it.next().expect("--repeat N").parse().expect("a number"),
             "--keep" => args.keep = true,
             "--bench" => {}
             other => panic!("unknown argument {other}; see the module docs"),
@@ -213,7 +217,37 @@ struct Figures {
     inserts: usize,
 }
 
-fn measure(n: i64, tpl: &str, label: &str, writers: usize, restore: impl FnOnce(&str)) -> Figures {
+/// Runs `restore` `repeat` times on fresh copies and prints the medians.
+fn measure(n: i64, tpl: &str, label: &str, args: &Args, restore: impl Fn(&str)) -> Figures {
+    let runs: Vec<Figures> = (0..args.repeat.max(1))
+        .map(|_| one_run(n, tpl, args.writers, &restore))
+        .collect();
+    fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
+        v.sort();
+        v[v.len() / 2]
+    }
+    let f = Figures {
+        wall: median(runs.iter().map(|r| r.wall).collect()),
+        max_wait: median(runs.iter().map(|r| r.max_wait).collect()),
+        p99: median(runs.iter().map(|r| r.p99).collect()),
+        inserts: median(runs.iter().map(|r| r.inserts).collect()),
+    };
+    let all_max: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.1}", r.max_wait.as_secs_f64() * 1000.0))
+        .collect();
+    println!(
+        "| {n:>10} | {label:<16} | {:>8.2} | {:>13.1} | {:>8.2} | {:>8} | {} |",
+        f.wall.as_secs_f64(),
+        f.max_wait.as_secs_f64() * 1000.0,
+        f.p99.as_secs_f64() * 1000.0,
+        f.inserts,
+        all_max.join(" / ")
+    );
+    f
+}
+
+fn one_run(n: i64, tpl: &str, writers: usize, restore: &impl Fn(&str)) -> Figures {
     let name = format!("mcm_bench_run_{n}");
     let mut admin = admin();
     for sql in [
@@ -252,13 +286,6 @@ fn measure(n: i64, tpl: &str, label: &str, writers: usize, restore: impl FnOnce(
         p99,
         inserts: during.len(),
     };
-    println!(
-        "| {n:>10} | {label:<16} | {:>8.2} | {:>12.1} | {:>8.2} | {:>8} |",
-        f.wall.as_secs_f64(),
-        f.max_wait.as_secs_f64() * 1000.0,
-        f.p99.as_secs_f64() * 1000.0,
-        f.inserts
-    );
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .unwrap();
@@ -270,7 +297,7 @@ fn spec_sql(url: &str) {
     c.batch_execute(SPEC_SQL).expect("the spec's SQL");
 }
 
-fn runner(jobs: usize) -> impl FnOnce(&str) {
+fn runner(jobs: usize) -> impl Fn(&str) {
     move |url: &str| {
         let mut s = Settings::new(url);
         s.jobs = jobs;
