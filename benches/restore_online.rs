@@ -317,14 +317,14 @@ fn main() {
     for &n in &args.sizes {
         let tpl = template(n);
         println!(
-            "| messages   | approach         | wall (s) | max wait (ms) | p99 (ms) | inserts  |"
+            "| messages   | approach         | wall (s) | max wait (ms) | p99 (ms) | inserts  | max wait of each run (ms) |"
         );
         println!(
-            "|-----------:|------------------|---------:|--------------:|---------:|---------:|"
+            "|-----------:|------------------|---------:|--------------:|---------:|---------:|---------------------------|"
         );
-        let a = measure(n, &tpl, "spec SQL", args.writers, spec_sql);
-        let b1 = measure(n, &tpl, "runner --jobs 1", args.writers, runner(1));
-        let b2 = measure(n, &tpl, "runner --jobs 2", args.writers, runner(2));
+        let a = measure(n, &tpl, "spec SQL", &args, spec_sql);
+        let b1 = measure(n, &tpl, "runner --jobs 1", &args, runner(1));
+        let b2 = measure(n, &tpl, "runner --jobs 2", &args, runner(2));
         for (label, b) in [("--jobs 1", &b1), ("--jobs 2", &b2)] {
             println!(
                 "# {n} messages, runner {label} / spec SQL: wall {:.2}x, max wait {:.3}x, p99 {:.2}x, inserts {:.2}x",
