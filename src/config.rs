@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::tls::TlsOptions;
 
 /// The local development default, used when neither `--database-url` nor `DATABASE_URL` is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
@@ -48,6 +49,9 @@ pub struct Settings {
     pub jobs: usize,
     /// Apply up to and including this version; `None` applies everything.
     pub target: Option<i64>,
+    /// For a database with the schema but no history: record the versions up to this one as
+    /// applied without running them (only if the catalog matches), then apply the rest.
+    pub baseline: Option<i64>,
 }
 
 impl Settings {
@@ -60,6 +64,7 @@ impl Settings {
             orphans: OrphanPolicy::Refuse,
             jobs: DEFAULT_JOBS,
             target: None,
+            baseline: None,
         }
     }
 
@@ -70,12 +75,13 @@ impl Settings {
         )
     }
 
-    pub fn pg_config(&self) -> Result<postgres::Config> {
+    /// The driver's configuration and the TLS options, from the URL.
+    pub fn connection(&self) -> Result<(postgres::Config, TlsOptions)> {
         parse_url(&self.database_url)
     }
 
     pub fn target(&self) -> Result<DbTarget> {
-        Ok(DbTarget::of(&self.pg_config()?))
+        Ok(DbTarget::of(&self.connection()?.0))
     }
 }
 
@@ -89,13 +95,14 @@ impl fmt::Debug for Settings {
             .field("orphans", &self.orphans)
             .field("jobs", &self.jobs)
             .field("target", &self.target)
+            .field("baseline", &self.baseline)
             .finish()
     }
 }
 
-/// Parses a connection URL (or key=value string). The error never repeats the input: it may
-/// hold a password.
-pub fn parse_url(url: &str) -> Result<postgres::Config> {
+/// Parses a connection URL (or key=value string) and its TLS options. The error never repeats
+/// the input: it may hold a password.
+pub fn parse_url(url: &str) -> Result<(postgres::Config, TlsOptions)> {
     let trimmed = url.trim();
     if trimmed.is_empty() {
         return Err(Error::InvalidUrl {
@@ -109,7 +116,8 @@ pub fn parse_url(url: &str) -> Result<postgres::Config> {
             reason: "the scheme must be postgres:// or postgresql://".into(),
         });
     }
-    let config = postgres::Config::from_str(trimmed).map_err(|e| Error::InvalidUrl {
+    let (driver_url, tls) = crate::tls::split_url(trimmed)?;
+    let config = postgres::Config::from_str(&driver_url).map_err(|e| Error::InvalidUrl {
         // The driver's parse errors name the offending part, not the value.
         reason: e.to_string().replace(url, "<url>"),
     })?;
@@ -118,7 +126,7 @@ pub fn parse_url(url: &str) -> Result<postgres::Config> {
             reason: "it names no host".into(),
         });
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// Where a run connects, safe to print: `host:port/database`.

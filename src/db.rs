@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::config::{DbTarget, Settings};
 use crate::error::{describe_pg_error, Error, Result};
+use crate::tls;
 
 pub const APPLICATION_NAME: &str = "meta-chat-migrate";
 
@@ -46,16 +47,18 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// Opens one connection with the runner's session settings.
 pub fn connect_once(settings: &Settings) -> Result<Client> {
     let target = settings.target()?;
-    let mut config = settings.pg_config()?;
+    let (mut config, tls) = settings.connection()?;
     config.application_name(APPLICATION_NAME);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    let mut client = config.connect(NoTls).map_err(|e| Error::Connect {
-        target: target.to_string(),
-        waited: Duration::ZERO,
-        cause: describe_pg_error(&e),
-    })?;
+    let mut client = config
+        .connect(tls::connector(&tls)?)
+        .map_err(|e| Error::Connect {
+            target: target.to_string(),
+            waited: Duration::ZERO,
+            cause: describe_pg_error(&e),
+        })?;
     set_lock_timeout(&mut client, settings.lock_timeout)?;
     Ok(client)
 }

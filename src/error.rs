@@ -64,8 +64,24 @@ pub enum Error {
         embedded_checksum: u64,
     },
 
-    #[error("--target {version} is not a migration of this build; known versions: {known}")]
-    UnknownTarget { version: i64, known: String },
+    #[error("{flag} {version} is not a migration of this build; known versions: {known}")]
+    UnknownVersionArg {
+        flag: &'static str,
+        version: i64,
+        known: String,
+    },
+
+    #[error(
+        "this database has the platform's schema but no migration history ({found}); {advice}"
+    )]
+    NeedsBaseline { found: String, advice: String },
+
+    #[error("--baseline {version} does not match this database: {reason} (found {found}); nothing was changed")]
+    BaselineMismatch {
+        version: i64,
+        reason: String,
+        found: String,
+    },
 
     #[error("{what} is not in the state the runner expects: {detail}")]
     Inconsistent { what: String, detail: String },
@@ -91,7 +107,7 @@ fn fmt_pids(pids: &[i32]) -> String {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidUrl { .. } | Error::Usage { .. } | Error::UnknownTarget { .. } => {
+            Error::InvalidUrl { .. } | Error::Usage { .. } | Error::UnknownVersionArg { .. } => {
                 exit::USAGE
             }
             Error::Orphans(_) => exit::ORPHANS,

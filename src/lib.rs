@@ -14,10 +14,11 @@
 //!
 //! Modules, one concept each: [`config`] (what a run is given), [`db`] (connections, advisory
 //! lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`] (applied vs
-//! embedded), [`tenant_fk`] (the two restored constraints), [`orphans`] (pre-flight and
+//! embedded), [`adopt`] (databases migrated by something else), [`tenant_fk`] (the two restored constraints), [`tls`] (sslmode), [`orphans`] (pre-flight and
 //! policies), [`online`] (the non-blocking restore), [`migrate`], [`check`], [`verify`] (the
 //! spec's seven assertions) and [`error`].
 
+pub mod adopt;
 pub mod check;
 pub mod config;
 pub mod db;
@@ -28,6 +29,7 @@ pub mod migrate;
 pub mod online;
 pub mod orphans;
 pub mod tenant_fk;
+pub mod tls;
 pub mod verify;
 
 pub use config::{OrphanPolicy, Settings, DEFAULT_DATABASE_URL};

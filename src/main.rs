@@ -64,6 +64,11 @@ struct MigrateArgs {
     /// Apply up to and including this version.
     #[arg(long, value_name = "VERSION")]
     target: Option<i64>,
+    /// Adopt a database migrated by something else (schema present, no history): record the
+    /// versions up to VERSION as applied without running them, if the catalog matches, then
+    /// apply the rest.
+    #[arg(long, value_name = "VERSION")]
+    baseline: Option<i64>,
     /// What to do with rows whose "tenantId" references no tenant.
     #[arg(long, value_enum, default_value_t = OrphanPolicy::Refuse)]
     orphans: OrphanPolicy,
@@ -105,6 +110,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Migrate(args) => {
             settings.target = args.target;
+            settings.baseline = args.baseline;
             settings.orphans = args.orphans;
             settings.jobs = args.jobs.into();
             settings.lock_timeout = args.lock_timeout;

@@ -8,6 +8,7 @@ use postgres::Client;
 use refinery::Target;
 use serde::Serialize;
 
+use crate::adopt;
 use crate::config::{DbTarget, Settings};
 use crate::db::{self, BlockerWatch, LockPolicy};
 use crate::embedded;
@@ -24,6 +25,8 @@ pub struct MigrateReport {
     pub from: Option<i64>,
     /// The version it is at now.
     pub to: Option<i64>,
+    /// The version recorded as applied without running (`--baseline`), if any.
+    pub baseline: Option<i64>,
     pub applied: Vec<Entry>,
     pub orphans_resolved: Vec<Resolved>,
     pub online: Vec<OnlineReport>,
@@ -33,19 +36,8 @@ pub struct MigrateReport {
 /// application at boot: runners serialise on an advisory lock and apply each version once.
 pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
     let target = settings.target()?;
-    if let Some(v) = settings.target {
-        let known = embedded::migrations();
-        if !known.iter().any(|m| m.version() == v) {
-            return Err(Error::UnknownTarget {
-                version: v,
-                known: known
-                    .iter()
-                    .map(|m| m.version().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-    }
+    ensure_known("--target", settings.target)?;
+    ensure_known("--baseline", settings.baseline)?;
     if settings.jobs == 0 {
         return Err(Error::Usage {
             what: "--jobs",
@@ -65,6 +57,58 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
     outcome
 }
 
+fn ensure_known(flag: &'static str, version: Option<i64>) -> Result<()> {
+    let Some(v) = version else { return Ok(()) };
+    let known = embedded::migrations();
+    if known.iter().any(|m| m.version() == v) {
+        return Ok(());
+    }
+    Err(Error::UnknownVersionArg {
+        flag,
+        version: v,
+        known: known
+            .iter()
+            .map(|m| m.version().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// For a database without history: `None` if it is empty (a fresh install), the baseline to
+/// record if it has the schema and `--baseline` matches it, an error that says what was found
+/// otherwise. Changes nothing.
+fn adoption(settings: &Settings, client: &mut Client) -> Result<Option<i64>> {
+    let found = adopt::inspect(client)?;
+    if !found.has_schema() {
+        return match settings.baseline {
+            Some(_) => Err(Error::Inconsistent {
+                what: "--baseline".into(),
+                detail:
+                    "the database has none of the platform's tables: run migrate without --baseline"
+                        .into(),
+            }),
+            None => Ok(None),
+        };
+    }
+    match settings.baseline {
+        None => Err(Error::NeedsBaseline {
+            found: found.to_string(),
+            advice: match found.best_baseline() {
+                Some(v) => format!("it matches version {v}: run `meta-chat-migrate migrate --baseline {v}` to record the versions up to it as applied without running them, then apply the rest"),
+                None => "no version of this build matches it; bring it to one of them by hand first".into(),
+            },
+        }),
+        Some(v) => match found.mismatch(v) {
+            Some(reason) => Err(Error::BaselineMismatch {
+                version: v,
+                reason,
+                found: found.to_string(),
+            }),
+            None => Ok(Some(v)),
+        },
+    }
+}
+
 fn migrate_locked(
     settings: &Settings,
     client: &mut Client,
@@ -73,9 +117,23 @@ fn migrate_locked(
     let status = history::status(client)?;
     status.ensure_consistent()?;
     let from = status.current();
+    let baseline = if status.applied.is_empty() {
+        adoption(settings, client)?
+    } else if settings.baseline.is_some() {
+        return Err(Error::Inconsistent {
+            what: "--baseline".into(),
+            detail: format!(
+                "the database already has a migration history (at version {}); --baseline is only for a database with none",
+                from.unwrap_or_default()
+            ),
+        });
+    } else {
+        None
+    };
     let pending: Vec<Entry> = status
         .pending
         .iter()
+        .filter(|e| baseline.is_none_or(|b| e.version > b))
         .filter(|e| settings.target.is_none_or(|t| e.version <= t))
         .cloned()
         .collect();
@@ -94,14 +152,35 @@ fn migrate_locked(
         database,
         from,
         to: from,
+        baseline,
         applied: Vec::new(),
         orphans_resolved: Vec::new(),
         online: Vec::new(),
     };
+    let pending_fks: Vec<&TenantFk> = pending
+        .iter()
+        .filter_map(|e| tenant_fk::for_version(e.version))
+        .collect();
+    let mut preflight_done = false;
+    // Where the tables already exist, the orphan pre-flight comes before any change (a refusal
+    // then changes nothing, not even a baseline); on a fresh database it comes once the tables
+    // exist, before the first tenant FK version.
+    if !pending_fks.is_empty() && all_tables_exist(client, &pending_fks)? {
+        report.orphans_resolved = preflight(settings, client, &pending_fks)?;
+        preflight_done = true;
+    }
+    if let Some(b) = baseline {
+        embedded::runner()
+            .set_target(Target::FakeVersion(b))
+            .run(client)
+            .map_err(Error::from)?;
+        log::info!("recorded the versions up to {b} as applied (baseline), without running them");
+        report.to = Some(b);
+    }
     if pending.is_empty() {
         log::info!(
             "database is at version {}: nothing to apply",
-            from.map_or("none".into(), |v| v.to_string())
+            report.to.map_or("none".into(), |v| v.to_string())
         );
         return Ok(report);
     }
@@ -109,22 +188,15 @@ fn migrate_locked(
     let watch = BlockerWatch::start(settings)?;
     let pid = db::backend_pid(client)?;
     let policy = LockPolicy::of(settings);
-    let pending_fks: Vec<&TenantFk> = pending
-        .iter()
-        .filter_map(|e| tenant_fk::for_version(e.version))
-        .collect();
     let mut restored = false;
-
     for entry in &pending {
         if tenant_fk::for_version(entry.version).is_some() && !restored {
-            // Before the first tenant FK version: the orphan pre-flight for every pending one,
-            // then their online restore in one pass, so each versioned migration only records.
-            let unfinished: Vec<&TenantFk> = pending_fks
-                .iter()
-                .copied()
-                .filter(|fk| !online::constraint_exists_validated(client, fk).unwrap_or(false))
-                .collect();
-            report.orphans_resolved = orphans::preflight(client, settings.orphans, &unfinished)?;
+            // Before the first tenant FK version: their online restore in one pass, so each
+            // versioned migration then only records itself.
+            if !preflight_done {
+                report.orphans_resolved = preflight(settings, client, &pending_fks)?;
+                preflight_done = true;
+            }
             report.online = online::restore(settings, client, &watch, &pending_fks)?;
             restored = true;
         }
@@ -138,6 +210,25 @@ fn migrate_locked(
         report.applied.len()
     );
     Ok(report)
+}
+
+fn all_tables_exist(client: &mut Client, fks: &[&TenantFk]) -> Result<bool> {
+    for table in fks.iter().map(|fk| fk.table).chain(["tenants"]) {
+        if !adopt::table_exists(client, table)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The orphan pre-flight for the FKs not already in place.
+fn preflight(settings: &Settings, client: &mut Client, fks: &[&TenantFk]) -> Result<Vec<Resolved>> {
+    let unfinished: Vec<&TenantFk> = fks
+        .iter()
+        .copied()
+        .filter(|fk| !online::constraint_exists_validated(client, fk).unwrap_or(false))
+        .collect();
+    orphans::preflight(client, settings.orphans, &unfinished)
 }
 
 /// Applies one version with refinery: its SQL and its history row in one transaction, retried

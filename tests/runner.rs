@@ -81,7 +81,7 @@ fn a_partition_created_after_the_restore_enforces_the_fk() {
 fn concurrent_runners_apply_each_version_once() {
     let db = TestDb::new();
     let url = db.url.clone();
-    let runners: Vec<_> = (0..4)
+    let runners: Vec<_> = (0..8)
         .map(|_| {
             let url = url.clone();
             thread::spawn(move || run_bin(&url, &["migrate"]))

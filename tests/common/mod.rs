@@ -21,6 +21,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// A role created for this database (dropped with it), if any.
+    pub owner: Option<String>,
 }
 
 impl TestDb {
@@ -36,10 +38,29 @@ impl TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create test database");
-        let mut config: postgres::Config = admin_url().parse().unwrap();
-        config.dbname(&name);
         let url = with_dbname(&admin_url(), &name);
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            owner: None,
+        }
+    }
+
+    /// A new database owned by a new role that is not a superuser, and a URL that connects as
+    /// that role (trust authentication).
+    pub fn owned_by_new_role() -> TestDb {
+        let mut db = TestDb::new();
+        let role = format!("{}_owner", db.name);
+        let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; ALTER DATABASE {} OWNER TO {role};",
+                db.name
+            ))
+            .unwrap();
+        db.url = with_user(&db.url, &role);
+        db.owner = Some(role);
+        db
     }
 
     /// A new database migrated to `version` by the runner.
@@ -79,8 +100,19 @@ impl Drop for TestDb {
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ));
+            if let Some(role) = &self.owner {
+                let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+            }
         }
     }
+}
+
+/// Replaces the user (and drops any password) of a postgres:// URL.
+pub fn with_user(url: &str, user: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let rest = &url[scheme_end..];
+    let host_part = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
+    format!("{}{user}@{host_part}", &url[..scheme_end])
 }
 
 /// Replaces the database name of a postgres:// URL.
@@ -212,6 +244,25 @@ pub fn tenant_catalog(client: &mut Client) -> Vec<String> {
     );
     facts.sort();
     facts
+}
+
+/// A broken database with 10 tenants and 5,000 messages.
+pub fn seeded_broken() -> TestDb {
+    let db = TestDb::broken();
+    seed(&mut db.client(), 10, 5000);
+    db
+}
+
+/// The catalog that the spec's SQL, applied the plain (blocking) way, produces on a database
+/// seeded like [`seeded_broken`].
+pub fn plain_catalog() -> Vec<String> {
+    let db = seeded_broken();
+    let mut c = db.client();
+    c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+        .unwrap();
+    c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
+        .unwrap();
+    tenant_catalog(&mut c)
 }
 
 /// The SQL of one embedded migration, for applying it the way psql would.

@@ -1,0 +1,247 @@
+//! Faults: SIGKILL at any point of a migrate, lock queues behind another session's
+//! transaction, and running as a role that is not a superuser.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meta_chat_migrations::embedded;
+
+/// A database at the baseline (unpartitioned) with data: a migrate from here goes through every
+/// phase (the partitioning copy, the orphan pre-flight, the online restore of both tables, the
+/// versioned restores).
+fn seeded_baseline() -> TestDb {
+    let db = TestDb::at(embedded::BASELINE);
+    seed(&mut db.client(), 10, 5000);
+    db
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"));
+    c.env_remove("DATABASE_URL");
+    c
+}
+
+#[test]
+fn sigkill_at_any_point_and_the_next_run_converges() {
+    let plain = plain_catalog();
+    // How long an uninterrupted run takes here.
+    let probe = seeded_baseline();
+    let started = Instant::now();
+    assert!(probe.run(&["migrate"]).status.success());
+    let full = started.elapsed();
+    assert_eq!(tenant_catalog(&mut probe.client()), plain);
+    drop(probe);
+
+    const POINTS: u32 = 12;
+    let mut last_lines = Vec::new();
+    for i in 0..POINTS {
+        let db = seeded_baseline();
+        let before = row_counts(&mut db.client());
+        let at = (full * i) / POINTS + Duration::from_millis(5);
+        let mut child = bin()
+            .args(["--database-url", &db.url, "migrate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        thread::sleep(at);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        let last = log
+            .lines()
+            .last()
+            .unwrap_or("(nothing logged yet)")
+            .to_string();
+        last_lines.push(format!("{:>5} ms: {last}", at.as_millis()));
+
+        let out = db.run(&["migrate"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "rerun after a kill at {at:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            tenant_catalog(&mut db.client()),
+            plain,
+            "kill at {at:?} after: {last}"
+        );
+        assert_eq!(
+            row_counts(&mut db.client()),
+            before,
+            "kill at {at:?} after: {last}"
+        );
+        assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+    }
+    // Where the kills landed, for the record.
+    eprintln!(
+        "full run {full:?}; killed after:\n{}",
+        last_lines.join("\n")
+    );
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<Duration>,
+}
+
+/// Inserts continuously into the partition the blocker holds and into another one, returning
+/// the longest single insert.
+fn start_writer(url: &str) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, s) = (url.to_string(), stop.clone());
+    let handle = thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute("SET statement_timeout = '20s'").unwrap();
+        let mut longest = Duration::ZERO;
+        let mut i = 0;
+        while !s.load(Ordering::Relaxed) {
+            i += 1;
+            let month = if i % 2 == 0 {
+                "2025-03-20"
+            } else {
+                "2024-06-20"
+            };
+            let started = Instant::now();
+            c.execute(
+                "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ($1, 't1', 'c1', 'user', 'w', $2::text::timestamptz)",
+                &[&format!("writer-{i}"), &month],
+            )
+            .unwrap();
+            longest = longest.max(started.elapsed());
+            thread::sleep(Duration::from_millis(2));
+        }
+        longest
+    });
+    Writer { stop, handle }
+}
+
+/// A session with an open transaction that wrote to messages_2025_03: it holds ROW EXCLUSIVE,
+/// which conflicts with the runner's ADD CONSTRAINT on that partition and on the parent.
+fn blocker(db: &TestDb) -> (postgres::Client, i32) {
+    let mut c = db.client();
+    c.batch_execute(
+        "BEGIN; INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('blocker', 't1', 'c1', 'user', 'b', '2025-03-10');",
+    )
+    .unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    (c, pid)
+}
+
+const LOCK_TIMEOUT_MS: u64 = 300;
+/// Scheduling slack on a busy two-core machine.
+const MARGIN_MS: u64 = 700;
+
+#[test]
+fn behind_a_lock_inserts_wait_at_most_lock_timeout_and_the_runner_completes_when_it_ends() {
+    let db = seeded_broken();
+    let (mut blocking, _pid) = blocker(&db);
+    let writer = start_writer(&db.url);
+    let runner = {
+        let url = db.url.clone();
+        thread::spawn(move || {
+            run_bin(
+                &url,
+                &[
+                    "migrate",
+                    "--jobs",
+                    "1",
+                    "--lock-timeout",
+                    "300ms",
+                    "--lock-retries",
+                    "20",
+                ],
+            )
+        })
+    };
+    thread::sleep(Duration::from_millis(2500));
+    blocking.batch_execute("COMMIT").unwrap();
+    let out = runner.join().unwrap();
+    writer.stop.store(true, Ordering::Relaxed);
+    let longest = writer.handle.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no lock within 300ms"),
+        "the runner never had to retry: {}",
+        stderr(&out)
+    );
+    assert!(
+        longest < Duration::from_millis(LOCK_TIMEOUT_MS + MARGIN_MS),
+        "an insert waited {longest:?} behind the runner's queued DDL"
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn behind_a_lock_that_never_ends_the_runner_gives_up_naming_the_blocker() {
+    let db = seeded_broken();
+    let (mut blocking, pid) = blocker(&db);
+    let writer = start_writer(&db.url);
+    let out = run_bin(
+        &db.url,
+        &[
+            "migrate",
+            "--jobs",
+            "1",
+            "--lock-timeout",
+            "300ms",
+            "--lock-retries",
+            "3",
+        ],
+    );
+    writer.stop.store(true, Ordering::Relaxed);
+    let longest = writer.handle.join().unwrap();
+    blocking.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("gave up after 4 attempts, each waiting 300ms for a lock"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("blocking pids: {pid}")), "{line}");
+    assert!(
+        longest < Duration::from_millis(LOCK_TIMEOUT_MS + MARGIN_MS),
+        "an insert waited {longest:?}"
+    );
+    // It stopped cleanly: a later run finishes the job.
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn migrations_run_as_a_schema_owner_that_is_not_a_superuser() {
+    let db = TestDb::owned_by_new_role();
+    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let superuser: bool = c
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = db.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let owner = db.owner.clone().unwrap();
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM pg_tables WHERE tablename IN ('tenants', 'messages', 'api_logs', 'refinery_schema_history') AND tableowner = '{owner}'")),
+        4
+    );
+}
