@@ -362,7 +362,7 @@ fn the_runner_waits_for_a_database_that_is_not_up_yet() {
     };
     thread::sleep(Duration::from_secs(2));
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let upstream = "127.0.0.1:5432".to_string();
+    let upstream = format!("127.0.0.1:{}", server_port());
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let upstream = upstream.clone();

@@ -16,6 +16,12 @@ pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
 }
 
+/// The TCP port of the test server.
+pub fn server_port() -> u16 {
+    let config: postgres::Config = admin_url().parse().expect("TEST_DATABASE_URL");
+    config.get_ports().first().copied().unwrap_or(5432)
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub struct TestDb {
