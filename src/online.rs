@@ -140,6 +140,32 @@ pub fn is_complete(client: &mut impl GenericClient, fk: &TenantFk) -> Result<boo
     Ok(constraint_exists_validated(client, fk)? && index_validity(client, fk.index)? == Some(true))
 }
 
+/// What every step of one connection needs besides its client: its backend pid (for naming
+/// blockers), the watch, and the lock policy.
+#[derive(Clone, Copy)]
+struct StepCtx<'a> {
+    pid: i32,
+    watch: &'a BlockerWatch,
+    policy: LockPolicy,
+}
+
+impl StepCtx<'_> {
+    /// A DDL statement whose lock, even while queued, would block writes: in its own
+    /// transaction with `SET LOCAL lock_timeout`, retried with backoff while it times out.
+    fn bounded(&self, client: &mut Client, step: &str, sql: &str) -> Result<()> {
+        let timeout = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.policy.lock_timeout.as_millis()
+        );
+        self.policy.run(step, self.pid, Some(self.watch), || {
+            let mut tx = client.transaction().map_err(|e| Error::db(step, e))?;
+            tx.batch_execute(&timeout).map_err(|e| Error::db(step, e))?;
+            tx.batch_execute(sql).map_err(|e| Error::db(step, e))?;
+            tx.commit().map_err(|e| Error::db(step, e))
+        })
+    }
+}
+
 /// What one table needs, decided from the catalog before any work starts.
 struct TablePlan<'a> {
     fk: &'a TenantFk,
@@ -169,7 +195,11 @@ pub fn restore(
 ) -> Result<Vec<OnlineReport>> {
     let started = Instant::now();
     let policy = LockPolicy::of(settings);
-    let main_pid = db::backend_pid(main)?;
+    let on_main = StepCtx {
+        pid: db::backend_pid(main)?,
+        watch,
+        policy,
+    };
 
     let mut plans = Vec::new();
     for fk in fks {
@@ -194,14 +224,8 @@ pub fn restore(
                 "CREATE INDEX IF NOT EXISTS {} ON ONLY {} (\"tenantId\")",
                 fk.index, fk.table
             );
-            bounded(
-                main,
-                main_pid,
-                watch,
-                policy,
-                &format!("{}: create {} on only the parent", fk.table, fk.index),
-                &sql,
-            )?;
+            let step = format!("{}: create {} on only the parent", fk.table, fk.index);
+            on_main.bounded(main, &step, &sql)?;
         }
         if !parts.is_empty() {
             log::info!(
@@ -236,24 +260,17 @@ pub fn restore(
         .collect();
     let done = AtomicUsize::new(0);
     for_each_item(settings, &items, |client, pid, &(p, q)| {
+        let ctx = StepCtx { pid, watch, policy };
         let plan = &plans[p];
         let part = &plan.parts[q];
         let step_started = Instant::now();
         let mut steps = Vec::new();
         if plan.fk_needed {
-            steps.push(partition_fk(
-                client,
-                pid,
-                watch,
-                policy,
-                plan.fk,
-                part,
-                &plan.counters,
-            )?);
+            steps.push(partition_fk(client, ctx, plan.fk, part, &plan.counters)?);
         }
         if plan.index_needed {
             steps.push(if plan.partitioned {
-                partition_index(client, pid, watch, policy, plan.fk, part, &plan.counters)?
+                partition_index(client, ctx, plan.fk, part, &plan.counters)?
             } else {
                 let invalid = index_validity(client, plan.fk.index)? == Some(false);
                 build_index_concurrently(client, plan.fk.index, part, invalid, &plan.counters)?;
@@ -276,7 +293,7 @@ pub fn restore(
     for plan in &plans {
         let fk = plan.fk;
         if plan.fk_needed && plan.partitioned {
-            adopt_on_parent(main, main_pid, watch, policy, fk, plan.parent_fk.as_ref())?;
+            adopt_on_parent(main, on_main, fk, plan.parent_fk.as_ref())?;
         }
         if plan.index_needed && index_validity(main, fk.index)? != Some(true) {
             return Err(Error::Inconsistent {
@@ -358,34 +375,10 @@ fn for_each_item<T: Sync>(
     }
 }
 
-/// A DDL statement whose lock, even while queued, would block writes: in its own transaction
-/// with `SET LOCAL lock_timeout`, retried with backoff while it times out.
-fn bounded(
-    client: &mut Client,
-    pid: i32,
-    watch: &BlockerWatch,
-    policy: LockPolicy,
-    step: &str,
-    sql: &str,
-) -> Result<()> {
-    let timeout = format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        policy.lock_timeout.as_millis()
-    );
-    policy.run(step, pid, Some(watch), || {
-        let mut tx = client.transaction().map_err(|e| Error::db(step, e))?;
-        tx.batch_execute(&timeout).map_err(|e| Error::db(step, e))?;
-        tx.batch_execute(sql).map_err(|e| Error::db(step, e))?;
-        tx.commit().map_err(|e| Error::db(step, e))
-    })
-}
-
 /// Step 1 for one partition: NOT VALID, then VALIDATE, skipping what is already done.
 fn partition_fk(
     client: &mut Client,
-    pid: i32,
-    watch: &BlockerWatch,
-    policy: LockPolicy,
+    ctx: StepCtx<'_>,
     fk: &TenantFk,
     part: &Partition,
     counters: &Counters,
@@ -395,11 +388,8 @@ fn partition_fk(
     let state = match constraint_state(client, &part.relation, fk.constraint)? {
         Some(state) => state,
         None => {
-            bounded(
+            ctx.bounded(
                 client,
-                pid,
-                watch,
-                policy,
                 &format!("{label}: add NOT VALID"),
                 &fk.add_sql(&part.relation, true),
             )?;
@@ -431,9 +421,9 @@ fn partition_fk(
         "ALTER TABLE {} VALIDATE CONSTRAINT {}",
         part.relation, fk.constraint
     );
-    watch.watch(pid, &step);
+    ctx.watch.watch(ctx.pid, &step);
     let outcome = client.batch_execute(&sql);
-    watch.take(pid);
+    ctx.watch.take(ctx.pid);
     outcome.map_err(|e| {
         let err = Error::db(&step, e);
         if err.sqlstate() == Some("23503") {
@@ -456,9 +446,7 @@ fn partition_fk(
 /// Step 2: the parent constraint adopts the partitions' validated constraints.
 fn adopt_on_parent(
     main: &mut Client,
-    main_pid: i32,
-    watch: &BlockerWatch,
-    policy: LockPolicy,
+    ctx: StepCtx<'_>,
     fk: &TenantFk,
     existing: Option<&ConstraintState>,
 ) -> Result<()> {
@@ -475,7 +463,7 @@ fn adopt_on_parent(
             fk.table, fk.constraint
         ),
     };
-    bounded(main, main_pid, watch, policy, &step, &sql)?;
+    ctx.bounded(main, &step, &sql)?;
     let parent =
         constraint_state(main, fk.table, fk.constraint)?.ok_or_else(|| Error::Inconsistent {
             what: step.clone(),
@@ -501,9 +489,7 @@ fn adopt_on_parent(
 /// and attach it to the parent index.
 fn partition_index(
     client: &mut Client,
-    pid: i32,
-    watch: &BlockerWatch,
-    policy: LockPolicy,
+    ctx: StepCtx<'_>,
     fk: &TenantFk,
     part: &Partition,
     counters: &Counters,
@@ -517,20 +503,18 @@ fn partition_index(
     }
     let child = child_index_name(part);
     let leftover_invalid = index_validity(client, &child)? == Some(false);
-    watch.watch(pid, &format!("{} on {}: build", fk.index, part.relname));
+    ctx.watch
+        .watch(ctx.pid, &format!("{} on {}: build", fk.index, part.relname));
     let built = build_index_concurrently(client, &child, part, leftover_invalid, counters);
-    watch.take(pid);
+    ctx.watch.take(ctx.pid);
     built?;
     let sql = format!(
         "ALTER INDEX {} ATTACH PARTITION {}",
         fk.index,
         quote_ident(&child)
     );
-    bounded(
+    ctx.bounded(
         client,
-        pid,
-        watch,
-        policy,
         &format!("{} on {}: attach", fk.index, part.relname),
         &sql,
     )?;

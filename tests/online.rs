@@ -10,23 +10,6 @@ use common::*;
 use meta_chat_migrations::{embedded, migrate};
 use postgres::Client;
 
-fn seeded_broken() -> TestDb {
-    let db = TestDb::broken();
-    seed(&mut db.client(), 10, 5000);
-    db
-}
-
-/// The catalog that the spec's SQL, applied the plain (blocking) way, produces.
-fn plain_catalog() -> Vec<String> {
-    let db = seeded_broken();
-    let mut c = db.client();
-    c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
-        .unwrap();
-    c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
-        .unwrap();
-    tenant_catalog(&mut c)
-}
-
 #[test]
 fn the_online_end_state_equals_the_plain_one() {
     let plain = plain_catalog();
@@ -239,4 +222,47 @@ fn a_conflicting_constraint_of_the_same_name_is_refused_with_a_fix() {
         "{line}"
     );
     assert!(line.contains("drop or rename that constraint"), "{line}");
+}
+
+/// While a validation waits for a lock (it never gives up: it does not block writes), the runner
+/// says which pid it waits for.
+#[test]
+fn a_waiting_validation_names_the_pid_it_waits_for() {
+    let db = seeded_broken();
+    db.client()
+        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
+        .unwrap();
+    let mut holder = db.client();
+    // The pid first: a query inside the transaction would leave a portal holding a snapshot,
+    // and concurrent index builds wait for that (the runner says so, but about the build).
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
+        .unwrap();
+    let runner = {
+        let url = db.url.clone();
+        thread::spawn(move || run_bin(&url, &["migrate", "--jobs", "1"]))
+    };
+    let mut watcher = db.client();
+    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'messages_2025_03'::regclass AND NOT granted";
+    if !wait_for(&mut watcher, queued, Duration::from_secs(30)) {
+        holder.batch_execute("COMMIT").unwrap();
+        panic!(
+            "the runner never queued for the lock: {}",
+            stderr(&runner.join().unwrap())
+        );
+    }
+    thread::sleep(Duration::from_millis(1800));
+    holder.batch_execute("COMMIT").unwrap();
+    let out = runner.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("messages_tenant_id_fkey on messages_2025_03: validate: waiting")
+            && log.contains(&format!("for a lock, held by pids [{pid}]")),
+        "{log}"
+    );
 }
