@@ -135,11 +135,6 @@ pub fn constraint_exists_validated(client: &mut impl GenericClient, fk: &TenantF
     Ok(constraint_state(client, fk.table, fk.constraint)?.is_some_and(|c| c.validated))
 }
 
-/// Whether the constraint and index of `fk` are both in place and valid on the parent.
-pub fn is_complete(client: &mut impl GenericClient, fk: &TenantFk) -> Result<bool> {
-    Ok(constraint_exists_validated(client, fk)? && index_validity(client, fk.index)? == Some(true))
-}
-
 /// What every step of one connection needs besides its client: its backend pid (for naming
 /// blockers), the watch, and the lock policy.
 #[derive(Clone, Copy)]

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -166,11 +166,12 @@ fn start_writer(url: &str) -> Writer {
 /// which conflicts with the runner's ADD CONSTRAINT on that partition and on the parent.
 fn blocker(db: &TestDb) -> (postgres::Client, i32) {
     let mut c = db.client();
+    // The pid before BEGIN: a query inside the transaction would keep a snapshot open.
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     c.batch_execute(
         "BEGIN; INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('blocker', 't1', 'c1', 'user', 'b', '2025-03-10');",
     )
     .unwrap();
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     (c, pid)
 }
 
@@ -178,13 +179,20 @@ const LOCK_TIMEOUT_MS: u64 = 300;
 /// Scheduling slack on a busy two-core machine.
 const MARGIN_MS: u64 = 700;
 
-#[test]
-fn behind_a_lock_inserts_wait_at_most_lock_timeout_and_the_runner_completes_when_it_ends() {
+/// Runs `migrate --jobs 1 --lock-timeout LOCK_TIMEOUT --lock-retries RETRIES` while a blocker
+/// holds its lock (until `release_after`, or to the end) and a writer inserts. Returns the
+/// runner's output, the longest single insert, and the blocker's pid.
+fn migrate_behind_blocker(
+    lock_timeout: &str,
+    retries: u32,
+    release_after: Option<Duration>,
+) -> (TestDb, Output, Duration, i32) {
     let db = seeded_broken();
-    let (mut blocking, _pid) = blocker(&db);
+    let (mut blocking, pid) = blocker(&db);
     let writer = start_writer(&db.url);
     let runner = {
         let url = db.url.clone();
+        let (retries, lock_timeout) = (retries.to_string(), lock_timeout.to_string());
         thread::spawn(move || {
             run_bin(
                 &url,
@@ -193,66 +201,74 @@ fn behind_a_lock_inserts_wait_at_most_lock_timeout_and_the_runner_completes_when
                     "--jobs",
                     "1",
                     "--lock-timeout",
-                    "300ms",
+                    &lock_timeout,
                     "--lock-retries",
-                    "20",
+                    &retries,
                 ],
             )
         })
     };
-    thread::sleep(Duration::from_millis(2500));
-    blocking.batch_execute("COMMIT").unwrap();
+    if let Some(after) = release_after {
+        thread::sleep(after);
+        blocking.batch_execute("COMMIT").unwrap();
+    }
     let out = runner.join().unwrap();
     writer.stop.store(true, Ordering::Relaxed);
     let longest = writer.handle.join().unwrap();
+    if release_after.is_none() {
+        blocking.batch_execute("ROLLBACK").unwrap();
+    }
+    (db, out, longest, pid)
+}
+
+fn assert_bounded(longest: Duration) {
+    assert!(
+        longest < Duration::from_millis(LOCK_TIMEOUT_MS + MARGIN_MS),
+        "an insert waited {longest:?} behind the runner's queued DDL"
+    );
+}
+
+#[test]
+fn behind_a_lock_inserts_wait_at_most_lock_timeout_and_the_runner_completes_when_it_ends() {
+    let (db, out, longest, _) =
+        migrate_behind_blocker("300ms", 20, Some(Duration::from_millis(2500)));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_bounded(longest);
     assert!(
         stderr(&out).contains("no lock within 300ms"),
         "the runner never had to retry: {}",
         stderr(&out)
-    );
-    assert!(
-        longest < Duration::from_millis(LOCK_TIMEOUT_MS + MARGIN_MS),
-        "an insert waited {longest:?} behind the runner's queued DDL"
     );
     assert_eq!(db.run(&["verify"]).status.code(), Some(0));
 }
 
 #[test]
 fn behind_a_lock_that_never_ends_the_runner_gives_up_naming_the_blocker() {
-    let db = seeded_broken();
-    let (mut blocking, pid) = blocker(&db);
-    let writer = start_writer(&db.url);
-    let out = run_bin(
-        &db.url,
-        &[
-            "migrate",
-            "--jobs",
-            "1",
-            "--lock-timeout",
-            "300ms",
-            "--lock-retries",
-            "3",
-        ],
-    );
-    writer.stop.store(true, Ordering::Relaxed);
-    let longest = writer.handle.join().unwrap();
-    blocking.batch_execute("ROLLBACK").unwrap();
+    let (db, out, longest, pid) = migrate_behind_blocker("300ms", 3, None);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_bounded(longest);
     let line = error_line(&out);
     assert!(
         line.contains("gave up after 4 attempts, each waiting 300ms for a lock"),
         "{line}"
     );
     assert!(line.contains(&format!("blocking pids: {pid}")), "{line}");
-    assert!(
-        longest < Duration::from_millis(LOCK_TIMEOUT_MS + MARGIN_MS),
-        "an insert waited {longest:?}"
-    );
     // It stopped cleanly: a later run finishes the job.
     let out = db.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+/// The negative: without a lock timeout, the runner's queued ADD CONSTRAINT holds the same
+/// inserts for as long as the blocker's transaction lasts.
+#[test]
+fn without_a_lock_timeout_inserts_queue_behind_the_runner() {
+    let (_db, out, longest, _) = migrate_behind_blocker("0", 0, Some(Duration::from_millis(2500)));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        longest > Duration::from_millis(1500),
+        "the longest insert took only {longest:?}"
+    );
 }
 
 #[test]
