@@ -11,9 +11,13 @@ DECLARE
   orphans bigint;
   part regclass;
   child_index text;
+  parent_validated boolean;
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                 WHERE conrelid = 'messages'::regclass AND conname = 'messages_tenant_id_fkey') THEN
+  -- NULL when the parent has no such constraint; false when an interrupted run on PostgreSQL
+  -- 18+ left it NOT VALID.
+  SELECT convalidated INTO parent_validated FROM pg_constraint
+   WHERE conrelid = 'messages'::regclass AND conname = 'messages_tenant_id_fkey';
+  IF parent_validated IS DISTINCT FROM true THEN
     SELECT count(*) INTO orphans
       FROM messages m WHERE NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = m."tenantId");
     IF orphans > 0 THEN
@@ -21,8 +25,8 @@ BEGIN
         USING ERRCODE = 'foreign_key_violation',
               HINT = 'run "meta-chat-migrate check", then "meta-chat-migrate migrate --orphans archive" (or delete)';
     END IF;
-    -- A partition constraint left NOT VALID by an interrupted online run is validated first, so
-    -- that the parent adopts only validated constraints.
+    -- Partition constraints left NOT VALID by an interrupted online run are validated first, so
+    -- that the parent adopts (or, when NOT VALID itself, validates) only validated ones.
     FOR part IN
       SELECT c.conrelid::regclass FROM pg_constraint c
         JOIN pg_partition_tree('messages') p ON p.relid = c.conrelid AND p.isleaf
@@ -30,8 +34,12 @@ BEGIN
     LOOP
       EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT messages_tenant_id_fkey', part);
     END LOOP;
-    ALTER TABLE messages ADD CONSTRAINT messages_tenant_id_fkey
-      FOREIGN KEY ("tenantId") REFERENCES tenants(id) ON DELETE CASCADE;
+    IF parent_validated IS NULL THEN
+      ALTER TABLE messages ADD CONSTRAINT messages_tenant_id_fkey
+        FOREIGN KEY ("tenantId") REFERENCES tenants(id) ON DELETE CASCADE;
+    ELSE
+      ALTER TABLE messages VALIDATE CONSTRAINT messages_tenant_id_fkey;
+    END IF;
   END IF;
 
   IF to_regclass('messages_tenant_id_idx') IS NULL THEN

@@ -11,6 +11,11 @@
 //!    `CREATE INDEX CONCURRENTLY` and `ALTER INDEX ... ATTACH PARTITION`; the parent index turns
 //!    valid when the last partition is attached.
 //!
+//! On PostgreSQL 18+, which accepts NOT VALID on a partitioned parent, a fresh start puts the
+//! constraint on the parent NOT VALID in one step (it reaches every partition, and partitions
+//! created meanwhile); each partition is then validated as above, and step 2 becomes a
+//! `VALIDATE` of the parent that finds every partition validated and scans nothing.
+//!
 //! Steps whose lock, even while queued, would block inserts run under `lock_timeout` with
 //! retries. `VALIDATE` and `CREATE/DROP INDEX CONCURRENTLY` take SHARE UPDATE EXCLUSIVE, which
 //! never conflicts with reads or writes, so they wait as long as needed and [`BlockerWatch`]
@@ -59,6 +64,9 @@ pub struct Partition {
 pub struct OnlineReport {
     pub table: String,
     pub partitions: usize,
+    /// The constraint went on the parent NOT VALID in one step (PostgreSQL 18+) rather than on
+    /// each partition.
+    pub parent_not_valid: bool,
     pub constraints_added: usize,
     pub constraints_validated: usize,
     pub indexes_built: usize,
@@ -130,6 +138,25 @@ pub fn child_index_name(partition: &Partition) -> String {
     format!("{base}{suffix}")
 }
 
+const SERVER_VERSION_NUM: &str = "SELECT current_setting('server_version_num')::int4";
+const ANY_PARTITION_HAS: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_partition_tree($1::text::regclass) p \
+     JOIN pg_constraint c ON c.conrelid = p.relid WHERE p.isleaf AND c.conname = $2)";
+
+pub fn server_version_num(client: &mut impl GenericClient) -> Result<i32> {
+    client
+        .query_one(SERVER_VERSION_NUM, &[])
+        .map(|r| r.get(0))
+        .map_err(|e| Error::db("reading the server version", e))
+}
+
+fn any_partition_has(client: &mut impl GenericClient, fk: &TenantFk) -> Result<bool> {
+    client
+        .query_one(ANY_PARTITION_HAS, &[&fk.table, &fk.constraint])
+        .map(|r| r.get(0))
+        .map_err(|e| Error::db(format!("reading the constraints of {}", fk.table), e))
+}
+
 /// Whether the parent constraint of `fk` exists and is validated.
 pub fn constraint_exists_validated(client: &mut impl GenericClient, fk: &TenantFk) -> Result<bool> {
     Ok(constraint_state(client, fk.table, fk.constraint)?.is_some_and(|c| c.validated))
@@ -165,6 +192,8 @@ impl StepCtx<'_> {
 struct TablePlan<'a> {
     fk: &'a TenantFk,
     partitioned: bool,
+    /// The constraint went on the parent NOT VALID in one step (PostgreSQL 18+).
+    parent_not_valid: bool,
     parent_fk: Option<ConstraintState>,
     fk_needed: bool,
     index_needed: bool,
@@ -196,10 +225,30 @@ pub fn restore(
         policy,
     };
 
+    let parent_not_valid_supported = server_version_num(main)? >= 180000;
     let mut plans = Vec::new();
     for fk in fks {
         let partitioned = is_partitioned(main, fk.table)?;
-        let parent_fk = constraint_state(main, fk.table, fk.constraint)?;
+        let mut parent_fk = constraint_state(main, fk.table, fk.constraint)?;
+        let mut parent_not_valid = false;
+        if partitioned
+            && parent_fk.is_none()
+            && parent_not_valid_supported
+            && !any_partition_has(main, fk)?
+        {
+            // PostgreSQL 18+: one brief step puts the constraint NOT VALID on the parent and on
+            // every partition (and on partitions created meanwhile), instead of one step per
+            // partition; new writes are checked from here on. Only on a fresh start: partition
+            // constraints left by an earlier per-partition run are finished the per-partition way.
+            let step = format!(
+                "{} on {}: add NOT VALID on the parent",
+                fk.constraint, fk.table
+            );
+            on_main.bounded(main, &step, &fk.add_sql(fk.table, true))?;
+            log::info!("{step}: done (PostgreSQL 18+)");
+            parent_fk = constraint_state(main, fk.table, fk.constraint)?;
+            parent_not_valid = true;
+        }
         let fk_needed = !parent_fk.as_ref().is_some_and(|c| c.validated);
         let index_needed = index_validity(main, fk.index)? != Some(true);
         let parts = if fk_needed || index_needed {
@@ -240,6 +289,7 @@ pub fn restore(
         plans.push(TablePlan {
             fk,
             partitioned,
+            parent_not_valid,
             parent_fk,
             fk_needed,
             index_needed,
@@ -300,6 +350,7 @@ pub fn restore(
         let report = OnlineReport {
             table: fk.table.to_string(),
             partitions: plan.parts.len(),
+            parent_not_valid: plan.parent_not_valid,
             constraints_added: c.added.load(Ordering::Relaxed),
             constraints_validated: c.validated.load(Ordering::Relaxed),
             indexes_built: c.built.load(Ordering::Relaxed),

@@ -24,6 +24,15 @@ fn the_online_end_state_equals_the_plain_one() {
     assert_eq!(report.online.len(), 2);
     assert_eq!(report.online[0].partitions, 37);
     assert_eq!(report.online[0].constraints_validated, 37);
+    // From PostgreSQL 18 the constraint goes on the parent NOT VALID in one step; before, on
+    // each partition.
+    let pg18 =
+        meta_chat_migrations::online::server_version_num(&mut db.client()).unwrap() >= 180000;
+    assert_eq!(report.online[0].parent_not_valid, pg18);
+    assert_eq!(
+        report.online[0].constraints_added,
+        if pg18 { 0 } else { 37 }
+    );
     assert_eq!(report.online[0].indexes_built, 37);
 }
 
@@ -265,4 +274,29 @@ fn a_waiting_validation_names_the_pid_it_waits_for() {
             && log.contains(&format!("for a lock, held by pids [{pid}]")),
         "{log}"
     );
+}
+
+/// From PostgreSQL 18 the runner may leave the parent constraint NOT VALID when interrupted; the
+/// versioned SQL alone finishes that too. Before 18 such a state cannot exist: the server
+/// refuses NOT VALID on a partitioned parent, which is why the runner works per partition.
+#[test]
+fn the_versioned_sql_alone_finishes_a_parent_left_not_valid() {
+    let db = seeded_broken();
+    let mut c = db.client();
+    let not_valid_on_parent =
+        c.batch_execute(&meta_chat_migrations::tenant_fk::MESSAGES.add_sql("messages", true));
+    if meta_chat_migrations::online::server_version_num(&mut c).unwrap() < 180000 {
+        let err = not_valid_on_parent.unwrap_err();
+        let message = err.as_db_error().unwrap().message().to_string();
+        assert!(message.contains("NOT VALID"), "{message}");
+        return;
+    }
+    not_valid_on_parent.unwrap();
+    c.batch_execute("ALTER TABLE messages_2024_05 VALIDATE CONSTRAINT messages_tenant_id_fkey")
+        .unwrap();
+    c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
+        .unwrap();
+    c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
+        .unwrap();
+    assert_eq!(tenant_catalog(&mut c), plain_catalog());
 }
