@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 pub const HISTORY_TABLE: &str = "refinery_schema_history";
 
 const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
-const APPLIED_ROWS: &str =
-    "SELECT version, name, applied_on, checksum FROM refinery_schema_history ORDER BY version";
+/// Cast, so that a history written by a refinery without `int8-versions` (int4 versions) reads
+/// the same.
+const APPLIED_ROWS: &str = "SELECT version::int8, name::text, applied_on::text, checksum::text \
+     FROM refinery_schema_history ORDER BY version";
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Entry {

@@ -302,6 +302,32 @@ fn a_history_from_a_newer_build_is_refused() {
 }
 
 #[test]
+fn a_history_with_int4_versions_reads_the_same() {
+    // Written by a refinery built without int8-versions: status must not choke on it.
+    let db = TestDb::new();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE refinery_schema_history (version int4 PRIMARY KEY, name varchar(255), applied_on varchar(255), checksum varchar(255));
+             INSERT INTO refinery_schema_history VALUES (1, 'legacy', '2024-01-01T00:00:00Z', '1');",
+        )
+        .unwrap();
+    let out = db.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("UNKNOWN   1 legacy"),
+        "{}",
+        stdout(&out)
+    );
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_line(&out).contains("applied migration 1 (legacy) that this build"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn an_edited_applied_migration_is_refused_as_divergent() {
     let db = TestDb::broken();
     db.client()
