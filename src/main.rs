@@ -19,8 +19,9 @@ macro_rules! out {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failure (connection, lock timeout, inconsistent history or catalog, SQL error)
-  2  usage error (bad flag, bad URL, unknown --target)
+  1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
+     without --baseline, an unexpected catalog, SQL error)
+  2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
   3  orphaned rows found (check, or migrate refusing under --orphans refuse)
   4  a verify assertion failed";
 

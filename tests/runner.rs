@@ -446,3 +446,21 @@ fn migrate_at_boot_from_a_tokio_app() {
     assert_eq!(applied, 4, "each version applied by exactly one replica");
     assert_eq!(history(&db).len(), 4);
 }
+
+/// The README pastes `--help`; this keeps the paste true.
+#[test]
+fn the_readme_shows_the_real_help() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+        .arg("--help")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let help = stdout(&out);
+    assert!(
+        readme.contains(&format!("$ meta-chat-migrate --help\n{help}```")),
+        "README.md's --help differs from the binary's:\n{help}"
+    );
+}
