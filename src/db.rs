@@ -6,8 +6,8 @@
 //! - the session-level advisory lock that serialises runners (app replicas booting at once, the
 //!   init container), taken on a connection with no open transaction so that it outlives each
 //!   migration's transaction and is released by PostgreSQL if the process dies;
-//! - retrying a step that hit `lock_timeout` (SQLSTATE 55P03) with exponential backoff and full
-//!   jitter. Why: a DDL statement waiting in the lock queue blocks every later query on that
+//! - retrying a step that hit `lock_timeout` (SQLSTATE 55P03) with exponential backoff and
+//!   jitter (each pause drawn from the upper half of its backoff). Why: a DDL statement waiting in the lock queue blocks every later query on that
 //!   table, so it must give up quickly and try again later rather than wait, and jitter keeps
 //!   several runners or workers from retrying in lockstep;
 //! - [`BlockerWatch`], a side connection that names the pids a runner connection is waiting for,
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use crate::config::{DbTarget, Settings};
-use crate::error::{describe_pg_error, Error, Result};
+use crate::error::{describe_pg_error, sqlstate, Error, Result};
 use crate::tls;
 
 pub const APPLICATION_NAME: &str = "meta-chat-migrate";
@@ -46,8 +46,8 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Opens one connection with the runner's session settings.
 pub fn connect_once(settings: &Settings) -> Result<Client> {
-    let target = settings.target()?;
     let (mut config, tls) = settings.connection()?;
+    let target = DbTarget::of(&config);
     config.application_name(APPLICATION_NAME);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
@@ -57,6 +57,7 @@ pub fn connect_once(settings: &Settings) -> Result<Client> {
         .map_err(|e| Error::Connect {
             target: target.to_string(),
             waited: Duration::ZERO,
+            sqlstate: sqlstate(&e).map(str::to_owned),
             cause: describe_pg_error(&e),
         })?;
     set_lock_timeout(&mut client, settings.lock_timeout)?;
@@ -90,15 +91,18 @@ pub fn connect_with_wait(settings: &Settings) -> Result<Client> {
                 }
                 return Ok(client);
             }
-            Err(Error::Connect { cause, .. }) => {
-                let permanent = PERMANENT_CONNECT_ERRORS
-                    .iter()
-                    .any(|code| cause.starts_with(&format!("SQLSTATE {code}")));
+            Err(Error::Connect {
+                sqlstate, cause, ..
+            }) => {
+                let permanent = sqlstate
+                    .as_deref()
+                    .is_some_and(|code| PERMANENT_CONNECT_ERRORS.contains(&code));
                 let waited = started.elapsed();
                 if permanent || waited + delay > settings.connect_wait {
                     return Err(Error::Connect {
                         target: target.to_string(),
                         waited,
+                        sqlstate,
                         cause,
                     });
                 }
@@ -194,16 +198,14 @@ impl LockPolicy {
         &self,
         step: &str,
         pid: i32,
-        watch: Option<&BlockerWatch>,
+        watch: &BlockerWatch,
         mut attempt: impl FnMut() -> Result<T>,
     ) -> Result<T> {
         let mut blockers: Vec<i32> = Vec::new();
         for n in 0..=self.retries {
-            if let Some(w) = watch {
-                w.watch(pid, step);
-            }
+            watch.watch(pid, step);
             let outcome = attempt();
-            let seen = watch.map(|w| w.take(pid)).unwrap_or_default();
+            let seen = watch.take(pid);
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {

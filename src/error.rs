@@ -31,6 +31,8 @@ pub enum Error {
     Connect {
         target: String,
         waited: Duration,
+        /// The server's SQLSTATE, when it answered with one (bad password, no such database).
+        sqlstate: Option<String>,
         cause: String,
     },
 
@@ -129,7 +131,9 @@ impl Error {
     /// The SQLSTATE of the underlying database error, where there is one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Database { sqlstate, .. } => sqlstate.as_deref(),
+            Error::Database { sqlstate, .. } | Error::Connect { sqlstate, .. } => {
+                sqlstate.as_deref()
+            }
             _ => None,
         }
     }

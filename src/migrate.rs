@@ -223,11 +223,12 @@ fn all_tables_exist(client: &mut Client, fks: &[&TenantFk]) -> Result<bool> {
 
 /// The orphan pre-flight for the FKs not already in place.
 fn preflight(settings: &Settings, client: &mut Client, fks: &[&TenantFk]) -> Result<Vec<Resolved>> {
-    let unfinished: Vec<&TenantFk> = fks
-        .iter()
-        .copied()
-        .filter(|fk| !online::constraint_exists_validated(client, fk).unwrap_or(false))
-        .collect();
+    let mut unfinished = Vec::new();
+    for fk in fks {
+        if !online::constraint_exists_validated(client, fk)? {
+            unfinished.push(*fk);
+        }
+    }
     orphans::preflight(client, settings.orphans, &unfinished)
 }
 
@@ -242,7 +243,7 @@ fn apply_one(
 ) -> Result<()> {
     let step = format!("migration {} ({})", entry.version, entry.name);
     log::info!("applying {step}");
-    policy.run(&step, pid, Some(watch), || {
+    policy.run(&step, pid, watch, || {
         embedded::runner()
             .set_target(Target::Version(entry.version))
             .set_grouped(true)

@@ -1,7 +1,8 @@
 //! Restoring a tenant FK and its index without stopping writes (issue 3), before the versioned
 //! migration runs; the migration then finds everything in place and only records itself.
 //!
-//! Order, for a partitioned table (a plain table is treated as its own only partition):
+//! Order, for each partitioned table (the layout of version 20240520120000; anything else is
+//! refused):
 //! 1. per leaf partition, `ADD CONSTRAINT ... NOT VALID` (brief SHARE ROW EXCLUSIVE, under
 //!    `lock_timeout` with retries), then `VALIDATE CONSTRAINT` (SHARE UPDATE EXCLUSIVE: inserts
 //!    go on during the scan);
@@ -60,7 +61,7 @@ pub struct Partition {
     pub estimated_rows: i64,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize)]
 pub struct OnlineReport {
     pub table: String,
     pub partitions: usize,
@@ -71,7 +72,6 @@ pub struct OnlineReport {
     pub constraints_validated: usize,
     pub indexes_built: usize,
     pub invalid_indexes_dropped: usize,
-    pub seconds: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -113,7 +113,7 @@ pub fn is_partitioned(client: &mut impl GenericClient, table: &str) -> Result<bo
         .map_err(|e| Error::db(format!("reading the kind of {table}"), e))
 }
 
-/// The leaf partitions of `table`, or the table itself if it is not partitioned.
+/// The leaf partitions of `table` (the table itself, if it is not partitioned).
 pub fn leaf_partitions(client: &mut impl GenericClient, table: &str) -> Result<Vec<Partition>> {
     Ok(client
         .query(LEAF_PARTITIONS, &[&table])
@@ -179,7 +179,7 @@ impl StepCtx<'_> {
             "SET LOCAL lock_timeout = '{}ms'",
             self.policy.lock_timeout.as_millis()
         );
-        self.policy.run(step, self.pid, Some(self.watch), || {
+        self.policy.run(step, self.pid, self.watch, || {
             let mut tx = client.transaction().map_err(|e| Error::db(step, e))?;
             tx.batch_execute(&timeout).map_err(|e| Error::db(step, e))?;
             tx.batch_execute(sql).map_err(|e| Error::db(step, e))?;
@@ -191,7 +191,6 @@ impl StepCtx<'_> {
 /// What one table needs, decided from the catalog before any work starts.
 struct TablePlan<'a> {
     fk: &'a TenantFk,
-    partitioned: bool,
     /// The constraint went on the parent NOT VALID in one step (PostgreSQL 18+).
     parent_not_valid: bool,
     parent_fk: Option<ConstraintState>,
@@ -228,14 +227,15 @@ pub fn restore(
     let parent_not_valid_supported = server_version_num(main)? >= 180000;
     let mut plans = Vec::new();
     for fk in fks {
-        let partitioned = is_partitioned(main, fk.table)?;
+        if !is_partitioned(main, fk.table)? {
+            return Err(Error::Inconsistent {
+                what: format!("table {}", fk.table),
+                detail: "it is not partitioned, but the tenant FK versions expect the monthly partitions of 20240520120000".into(),
+            });
+        }
         let mut parent_fk = constraint_state(main, fk.table, fk.constraint)?;
         let mut parent_not_valid = false;
-        if partitioned
-            && parent_fk.is_none()
-            && parent_not_valid_supported
-            && !any_partition_has(main, fk)?
-        {
+        if parent_fk.is_none() && parent_not_valid_supported && !any_partition_has(main, fk)? {
             // PostgreSQL 18+: one brief step puts the constraint NOT VALID on the parent and on
             // every partition (and on partitions created meanwhile), instead of one step per
             // partition; new writes are checked from here on. Only on a fresh start: partition
@@ -262,7 +262,7 @@ pub fn restore(
             );
             Vec::new()
         };
-        if index_needed && partitioned {
+        if index_needed {
             // Instant: the parent index starts INVALID and turns valid with the last ATTACH.
             let sql = format!(
                 "CREATE INDEX IF NOT EXISTS {} ON ONLY {} (\"tenantId\")",
@@ -288,7 +288,6 @@ pub fn restore(
         }
         plans.push(TablePlan {
             fk,
-            partitioned,
             parent_not_valid,
             parent_fk,
             fk_needed,
@@ -314,13 +313,7 @@ pub fn restore(
             steps.push(partition_fk(client, ctx, plan.fk, part, &plan.counters)?);
         }
         if plan.index_needed {
-            steps.push(if plan.partitioned {
-                partition_index(client, ctx, plan.fk, part, &plan.counters)?
-            } else {
-                let invalid = index_validity(client, plan.fk.index)? == Some(false);
-                build_index_concurrently(client, plan.fk.index, part, invalid, &plan.counters)?;
-                "index built"
-            });
+            steps.push(partition_index(client, ctx, plan.fk, part, &plan.counters)?);
         }
         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
         log::info!(
@@ -337,7 +330,7 @@ pub fn restore(
     let mut reports = Vec::new();
     for plan in &plans {
         let fk = plan.fk;
-        if plan.fk_needed && plan.partitioned {
+        if plan.fk_needed {
             adopt_on_parent(main, on_main, fk, plan.parent_fk.as_ref())?;
         }
         if plan.index_needed && index_validity(main, fk.index)? != Some(true) {
@@ -355,7 +348,6 @@ pub fn restore(
             constraints_validated: c.validated.load(Ordering::Relaxed),
             indexes_built: c.built.load(Ordering::Relaxed),
             invalid_indexes_dropped: c.dropped.load(Ordering::Relaxed),
-            seconds: started.elapsed().as_secs_f64(),
         };
         log::info!(
             "{}: done: {} partition(s), {} constraint(s) added, {} validated, {} index(es) built, {} invalid index(es) dropped",
@@ -377,7 +369,7 @@ pub fn restore(
 
 /// Runs `work` for every item on `settings.jobs` connections of its own, stopping at the first
 /// error. Worker sessions have `lock_timeout = 0`: the steps whose locks would block writes set
-/// their own bound with [`bounded`].
+/// their own bound with [`StepCtx::bounded`].
 fn for_each_item<T: Sync>(
     settings: &Settings,
     items: &[T],
@@ -430,9 +422,7 @@ fn partition_fk(
     counters: &Counters,
 ) -> Result<&'static str> {
     let label = format!("{} on {}", fk.constraint, part.relname);
-    let mut added = false;
-    let state = match constraint_state(client, &part.relation, fk.constraint)? {
-        Some(state) => state,
+    let added = match constraint_state(client, &part.relation, fk.constraint)? {
         None => {
             ctx.bounded(
                 client,
@@ -440,28 +430,21 @@ fn partition_fk(
                 &fk.add_sql(&part.relation, true),
             )?;
             counters.added.fetch_add(1, Ordering::Relaxed);
-            added = true;
-            constraint_state(client, &part.relation, fk.constraint)?.ok_or_else(|| {
-                Error::Inconsistent {
-                    what: label.clone(),
-                    detail: "the constraint vanished right after it was added".into(),
-                }
-            })?
+            true
         }
+        Some(state) if state.definition.trim_end_matches(" NOT VALID") != fk.definition() => {
+            return Err(Error::Inconsistent {
+                what: label,
+                detail: format!(
+                    "it exists as `{}`, expected `{}`; drop or rename that constraint, then run migrate again",
+                    state.definition,
+                    fk.definition()
+                ),
+            });
+        }
+        Some(state) if state.validated => return Ok("constraint already validated"),
+        Some(_) => false,
     };
-    if state.definition.trim_end_matches(" NOT VALID") != fk.definition() {
-        return Err(Error::Inconsistent {
-            what: label,
-            detail: format!(
-                "it exists as `{}`, expected `{}`; drop or rename that constraint, then run migrate again",
-                state.definition,
-                fk.definition()
-            ),
-        });
-    }
-    if state.validated {
-        return Ok("constraint already validated");
-    }
     let step = format!("{label}: validate");
     let sql = format!(
         "ALTER TABLE {} VALIDATE CONSTRAINT {}",

@@ -119,10 +119,8 @@ pub fn connector(opts: &TlsOptions) -> Result<MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Usage {
-            what: "TLS",
-            value: String::new(),
-            reason: e.to_string(),
+        .map_err(|e| Error::InvalidUrl {
+            reason: format!("TLS cannot be set up for its sslmode: {e}"),
         })?;
     let config = match (&opts.mode, &opts.root_cert) {
         (SslMode::VerifyFull, Some(path)) => {

@@ -51,20 +51,33 @@ const INSERT_INTO_MARCH: &str =
     "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
      VALUES ($1, 't1', 'c1', 'user', 'during', '2025-03-15')";
 
+/// Gives messages_2025_03 its NOT VALID constraint (as if a run had got that far) and opens a
+/// session holding SHARE UPDATE EXCLUSIVE on it: the runner's VALIDATE of that partition must
+/// wait for it, and no insert conflicts with it. Returns the session and its pid.
+fn hold_off_the_march_validation(db: &TestDb) -> (postgres::Client, i32) {
+    db.client()
+        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
+        .unwrap();
+    let mut holder = db.client();
+    // The pid first: a query inside the transaction would leave a portal holding a snapshot,
+    // and concurrent index builds wait for that (the runner says so, but about the build).
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
+        .unwrap();
+    (holder, pid)
+}
+
 /// A validation of messages_2025_03 is held waiting behind a session that holds SHARE UPDATE
 /// EXCLUSIVE on that partition (which no insert conflicts with). An insert into the partition
 /// then completes at once under the runner, and waits under the spec's SQL.
 #[test]
 fn inserts_do_not_wait_for_a_partition_validation() {
     let db = seeded_broken();
-    // As if a previous run had got as far as NOT VALID on this partition.
-    db.client()
-        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
-        .unwrap();
-    let mut holder = db.client();
-    holder
-        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
-        .unwrap();
+    let (mut holder, _) = hold_off_the_march_validation(&db);
     let mut settings = db.settings();
     settings.jobs = 1;
     let runner = thread::spawn(move || migrate(&settings));
@@ -238,19 +251,7 @@ fn a_conflicting_constraint_of_the_same_name_is_refused_with_a_fix() {
 #[test]
 fn a_waiting_validation_names_the_pid_it_waits_for() {
     let db = seeded_broken();
-    db.client()
-        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
-        .unwrap();
-    let mut holder = db.client();
-    // The pid first: a query inside the transaction would leave a portal holding a snapshot,
-    // and concurrent index builds wait for that (the runner says so, but about the build).
-    let pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    holder
-        .batch_execute("BEGIN; LOCK TABLE messages_2025_03 IN SHARE UPDATE EXCLUSIVE MODE;")
-        .unwrap();
+    let (mut holder, pid) = hold_off_the_march_validation(&db);
     let runner = {
         let url = db.url.clone();
         thread::spawn(move || run_bin(&url, &["migrate", "--jobs", "1"]))
@@ -299,4 +300,34 @@ fn the_versioned_sql_alone_finishes_a_parent_left_not_valid() {
     c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
         .unwrap();
     assert_eq!(tenant_catalog(&mut c), plain_catalog());
+}
+
+/// A history that claims 20240520120000 over tables that were never partitioned: the restore
+/// refuses, saying so, before it changes anything.
+#[test]
+fn an_unpartitioned_table_is_refused() {
+    let db = TestDb::at(embedded::BASELINE);
+    let partitioned = embedded::migrations()
+        .into_iter()
+        .find(|m| m.version() == embedded::PARTITIONED)
+        .unwrap();
+    db.client()
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES ($1, $2, '2024-05-20T12:00:00Z', $3)",
+            &[&partitioned.version(), &partitioned.name(), &partitioned.checksum().to_string()],
+        )
+        .unwrap();
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains(
+            "table messages is not in the state the runner expects: it is not partitioned"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        count(&mut db.client(), "SELECT count(*) FROM pg_constraint WHERE conname IN ('messages_tenant_id_fkey', 'api_logs_tenant_id_fkey')"),
+        0
+    );
 }
