@@ -3,11 +3,14 @@
 //! shown: host, port and database, never user or password.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::interrupt::Interrupt;
 use crate::tls::TlsOptions;
+
+/// The schema migrated unless `--schema` says otherwise.
+pub const DEFAULT_SCHEMA: &str = "public";
 
 /// The local development default, used when neither `--database-url` nor `DATABASE_URL` is set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
@@ -19,7 +22,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postg
 pub const DEFAULT_JOBS: usize = 2;
 
 /// What to do with rows whose "tenantId" references no tenant, before the tenant FKs go on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OrphanPolicy {
     /// Print counts and sample ids, change nothing, exit 3.
@@ -52,6 +56,13 @@ pub struct Settings {
     /// For a database with the schema but no history: record the versions up to this one as
     /// applied without running them (only if the catalog matches), then apply the rest.
     pub baseline: Option<i64>,
+    /// The schema that holds the platform's tables and the history; every runner session's
+    /// `search_path`, whatever the role or database sets.
+    pub schema: String,
+    /// How long to wait for the migration lock; `None`: as long as a live runner holds it.
+    pub lock_wait: Option<Duration>,
+    /// Stops the run (signals, application shutdown); see [`Interrupt`].
+    pub interrupt: Interrupt,
 }
 
 impl Settings {
@@ -65,6 +76,9 @@ impl Settings {
             jobs: DEFAULT_JOBS,
             target: None,
             baseline: None,
+            schema: DEFAULT_SCHEMA.to_string(),
+            lock_wait: None,
+            interrupt: Interrupt::new(),
         }
     }
 
@@ -76,12 +90,13 @@ impl Settings {
     }
 
     /// The driver's configuration and the TLS options, from the URL.
-    pub fn connection(&self) -> Result<(postgres::Config, TlsOptions)> {
-        parse_url(&self.database_url)
+    pub(crate) fn connection(&self) -> Result<Connection> {
+        connection(&self.database_url)
     }
 
+    /// Where the URL points: host, port and database, never the user or password.
     pub fn target(&self) -> Result<DbTarget> {
-        Ok(DbTarget::of(&self.connection()?.0))
+        Ok(self.connection()?.target)
     }
 }
 
@@ -96,37 +111,232 @@ impl fmt::Debug for Settings {
             .field("jobs", &self.jobs)
             .field("target", &self.target)
             .field("baseline", &self.baseline)
+            .field("schema", &self.schema)
+            .field("lock_wait", &self.lock_wait)
             .finish()
     }
 }
 
-/// Parses a connection URL (or key=value string) and its TLS options. The error never repeats
-/// the input: it may hold a password.
+/// What a connection string resolves to: the driver's configuration, the TLS options the
+/// driver does not know, and where it points (safe to print).
+#[derive(Clone)]
+pub(crate) struct Connection {
+    pub config: postgres::Config,
+    pub tls: TlsOptions,
+    pub target: DbTarget,
+}
+
+/// TCP keepalives the runner turns on unless the URL says otherwise (libpq's `keepalives*`
+/// and `tcp_user_timeout`): a path that stops answering is noticed after about a minute instead
+/// of the kernel's two hours.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per attempt; the overall wait for a server that is not up yet is `--wait`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses a connection URL (or key=value string) as libpq reads it, into the driver's
+/// configuration and the TLS options. The error never repeats the user information or the
+/// password.
 pub fn parse_url(url: &str) -> Result<(postgres::Config, TlsOptions)> {
-    let trimmed = url.trim();
-    if trimmed.is_empty() {
-        return Err(Error::InvalidUrl {
-            reason: "it is empty".into(),
+    connection(url).map(|c| (c.config, c.tls))
+}
+
+pub(crate) fn connection(url: &str) -> Result<Connection> {
+    let params = crate::conninfo::parse(url)?;
+    let tls = TlsOptions::from_params(&params)?;
+    let mut config = postgres::Config::new();
+    config.ssl_mode(tls.driver_mode());
+    set_hosts(&mut config, &params)?;
+    let user = match params.get("user") {
+        Some(u) => u.to_string(),
+        None => default_user()?,
+    };
+    config.user(&user);
+    if let Some(pw) = &params.password {
+        config.password(pw.clone());
+    }
+    config.dbname(params.get("dbname").unwrap_or(&user));
+    if let Some(o) = params.get("options") {
+        config.options(o);
+    }
+    if let Some(enc) = params.get("client_encoding") {
+        if !enc.eq_ignore_ascii_case("utf8") && !enc.eq_ignore_ascii_case("utf-8") {
+            return Err(url_error(format!(
+                "client_encoding={enc} is not supported: the runner speaks UTF8"
+            )));
+        }
+    }
+    set_timeouts(&mut config, &params)?;
+    set_session_attrs(&mut config, &params)?;
+    let target = DbTarget::of(&config);
+    Ok(Connection {
+        config,
+        tls,
+        target,
+    })
+}
+
+fn url_error(reason: String) -> Error {
+    Error::InvalidUrl { reason }
+}
+
+/// libpq's default user is the operating system's.
+fn default_user() -> Result<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .ok_or_else(|| {
+            url_error("it names no user, and the operating system user is unknown: write postgres://USER@HOST/DATABASE".into())
+        })
+}
+
+/// libpq's unix-socket default on Debian-built servers, used when no host is given.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+fn set_hosts(config: &mut postgres::Config, params: &crate::conninfo::ConnParams) -> Result<()> {
+    let hosts: Vec<&str> = params
+        .get("host")
+        .map_or(Vec::new(), |h| h.split(',').collect());
+    let addrs: Vec<&str> = params
+        .get("hostaddr")
+        .map_or(Vec::new(), |h| h.split(',').collect());
+    for h in &hosts {
+        match h {
+            &"" if std::path::Path::new(DEFAULT_SOCKET_DIR).is_dir() => {
+                config.host_path(DEFAULT_SOCKET_DIR);
+            }
+            &"" => {
+                config.host("localhost");
+            }
+            h => {
+                config.host(h);
+            }
+        }
+    }
+    for a in &addrs {
+        let addr = a
+            .parse()
+            .map_err(|_| url_error(format!("hostaddr {a:?} is not an IP address")))?;
+        config.hostaddr(addr);
+    }
+    if hosts.is_empty() && addrs.is_empty() {
+        if std::path::Path::new(DEFAULT_SOCKET_DIR).is_dir() {
+            config.host_path(DEFAULT_SOCKET_DIR);
+        } else {
+            config.host("localhost");
+        }
+    }
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err(url_error(format!(
+            "{} hosts but {} hostaddrs: give one hostaddr per host",
+            hosts.len(),
+            addrs.len()
+        )));
+    }
+    let ports: Vec<&str> = params
+        .get("port")
+        .map_or(Vec::new(), |p| p.split(',').collect());
+    for p in &ports {
+        let port =
+            match p.trim() {
+                "" => 5432,
+                p => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    url_error(format!("port {p:?} is not a number from 1 to 65535"))
+                })?,
+            };
+        config.port(port);
+    }
+    let nhosts = hosts.len().max(addrs.len()).max(1);
+    if ports.len() > 1 && ports.len() != nhosts {
+        return Err(url_error(format!(
+            "{} ports for {nhosts} hosts: give one port, or one per host",
+            ports.len()
+        )));
+    }
+    Ok(())
+}
+
+fn seconds(params: &crate::conninfo::ConnParams, key: &str) -> Result<Option<i64>> {
+    params
+        .get(key)
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| url_error(format!("{key}={v:?} is not a whole number")))
+        })
+        .transpose()
+}
+
+fn set_timeouts(config: &mut postgres::Config, params: &crate::conninfo::ConnParams) -> Result<()> {
+    // libpq: connect_timeout in seconds, 0 (or absent) meaning none, and at least 2.
+    config.connect_timeout(match seconds(params, "connect_timeout")? {
+        Some(s) if s > 0 => Duration::from_secs(s.max(2) as u64),
+        Some(_) => Duration::from_secs(24 * 3600),
+        None => DEFAULT_CONNECT_TIMEOUT,
+    });
+    let keepalives = seconds(params, "keepalives")?.unwrap_or(1) != 0;
+    config.keepalives(keepalives);
+    let positive = |v: Option<i64>, default: Duration| match v {
+        Some(s) if s > 0 => Duration::from_secs(s as u64),
+        _ => default,
+    };
+    config.keepalives_idle(positive(
+        seconds(params, "keepalives_idle")?,
+        DEFAULT_KEEPALIVES_IDLE,
+    ));
+    config.keepalives_interval(positive(
+        seconds(params, "keepalives_interval")?,
+        DEFAULT_KEEPALIVES_INTERVAL,
+    ));
+    config.keepalives_retries(match seconds(params, "keepalives_count")? {
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        _ => DEFAULT_KEEPALIVES_COUNT,
+    });
+    // libpq: tcp_user_timeout in milliseconds, 0 meaning the kernel's default.
+    match seconds(params, "tcp_user_timeout")? {
+        Some(0) => {}
+        Some(ms) if ms > 0 => {
+            config.tcp_user_timeout(Duration::from_millis(ms as u64));
+        }
+        Some(_) => return Err(url_error("tcp_user_timeout must not be negative".into())),
+        None if keepalives => {
+            config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn set_session_attrs(
+    config: &mut postgres::Config,
+    params: &crate::conninfo::ConnParams,
+) -> Result<()> {
+    use postgres::config::{ChannelBinding, TargetSessionAttrs};
+    if let Some(v) = params.get("target_session_attrs") {
+        config.target_session_attrs(match v {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            other => return Err(url_error(format!(
+                "target_session_attrs={other} is not supported; use any, read-write or read-only"
+            ))),
         });
     }
-    if trimmed.contains("://")
-        && !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://"))
-    {
-        return Err(Error::InvalidUrl {
-            reason: "the scheme must be postgres:// or postgresql://".into(),
+    if let Some(v) = params.get("channel_binding") {
+        config.channel_binding(match v {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            other => {
+                return Err(url_error(format!(
+                    "channel_binding={other} is not one of disable, prefer, require"
+                )))
+            }
         });
     }
-    let (driver_url, tls) = crate::tls::split_url(trimmed)?;
-    let config = postgres::Config::from_str(&driver_url).map_err(|e| Error::InvalidUrl {
-        // The driver's parse errors name the offending part, not the value.
-        reason: e.to_string().replace(url, "<url>"),
-    })?;
-    if config.get_hosts().is_empty() {
-        return Err(Error::InvalidUrl {
-            reason: "it names no host".into(),
-        });
-    }
-    Ok((config, tls))
+    Ok(())
 }
 
 /// Where a run connects, safe to print: `host:port/database`.
@@ -167,28 +377,47 @@ impl fmt::Display for DbTarget {
     }
 }
 
-/// Parses `500ms`, `2s`, `3m`, `1h` or a bare number of seconds.
+/// Parses `500ms`, `2s`, `3m`, `1h` or a bare number of seconds. Never panics: a value too
+/// large for a `Duration` is an error like any other.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let (digits, unit) = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| t.split_at(i))
         .unwrap_or((t, "s"));
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s, 3m or 1h"))?;
+    let n: f64 = digits.parse().map_err(|_| {
+        format!(
+            "{:?} is not a duration like 500ms, 2s, 3m or 1h",
+            shown(text)
+        )
+    })?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit {:?}: use ms, s, m or h",
+                shown(other)
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{text:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{:?} is not a duration this runner can wait", shown(text)))
 }
+
+/// A value as it may be echoed: at most 40 characters.
+fn shown(text: &str) -> String {
+    let mut s: String = text.chars().take(40).collect();
+    if s.len() < text.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+/// The longest value PostgreSQL accepts for a timeout setting (`lock_timeout`, ...): INT_MAX ms.
+pub const MAX_SERVER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +431,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("99999999999999999999999h").is_err());
+        assert!(parse_duration("1e400").is_err());
     }
 
     #[test]

@@ -13,9 +13,14 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const ORPHANS: i32 = 3;
     pub const VERIFY_FAILED: i32 = 4;
+    /// Stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), as shells do.
+    pub const SIGNAL_BASE: i32 = 128;
+    pub const SIGINT: i32 = 130;
+    pub const SIGTERM: i32 = 143;
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("invalid database URL: {reason}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]")]
     InvalidUrl { reason: String },
@@ -27,7 +32,7 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("could not connect to {target} within {waited:?}: {cause}; check that PostgreSQL is up and the URL is right, or raise --wait")]
+    #[error("could not connect to {target} within {waited:?}: {cause}; {}", connect_advice(.sqlstate.as_deref()))]
     Connect {
         target: String,
         waited: Duration,
@@ -93,6 +98,44 @@ pub enum Error {
 
     #[error("refinery: {0}")]
     Refinery(String),
+
+    /// The run was stopped: by a signal, by the application, or because the connection holding
+    /// the migration lock was lost.
+    #[error("{}", interrupted_message(.reason))]
+    Interrupted { reason: crate::interrupt::Reason },
+
+    #[error("{target} is read-only: {why}; nothing was changed")]
+    ReadOnly { target: String, why: String },
+
+    #[error("{target} is reached through a connection pooler in transaction or statement mode ({evidence}); a migration needs a session of its own for its advisory lock and settings: use a direct URL or a session-pooled one (PgBouncer pool_mode = session; Prisma: the directUrl); nothing was changed")]
+    TransactionPooler { target: String, evidence: String },
+
+    #[error("the migration lock of this database is held by {holder}; gave up after waiting {}s ({why}); nothing was changed", .waited.as_secs())]
+    LockWait {
+        holder: String,
+        waited: Duration,
+        why: String,
+    },
+
+    #[error("schema {schema}: {detail}; nothing was changed")]
+    Schema { schema: String, detail: String },
+}
+
+fn connect_advice(sqlstate: Option<&str>) -> &'static str {
+    match sqlstate {
+        Some("53300") => "the server's or the role's connection limit is reached: end idle sessions, raise the limit, or lower --jobs",
+        Some("28P01" | "28000") => "check the user and password",
+        Some("3D000") => "check the database name",
+        _ => "check that PostgreSQL is up and the URL is right, or raise --wait",
+    }
+}
+
+fn interrupted_message(reason: &crate::interrupt::Reason) -> String {
+    use crate::interrupt::Reason;
+    match reason {
+        Reason::LockLost(why) => format!("lost the migration lock ({why}): every statement of this run was cancelled so that no other runner races it; run migrate again to finish"),
+        other => format!("interrupted by {other}: every statement of this run was cancelled on the server and the migration lock released; run migrate again to finish"),
+    }
 }
 
 fn fmt_pids(pids: &[i32]) -> String {
@@ -114,8 +157,15 @@ impl Error {
             }
             Error::Orphans(_) => exit::ORPHANS,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
+            Error::Interrupted {
+                reason: crate::interrupt::Reason::Signal { number, .. },
+            } => exit::SIGNAL_BASE + number,
             _ => exit::FAILURE,
         }
+    }
+
+    pub(crate) fn interrupted(reason: crate::interrupt::Reason) -> Error {
+        Error::Interrupted { reason }
     }
 
     /// Wraps a driver error with what the runner was doing. The driver's message is flattened

@@ -20,20 +20,26 @@
 
 pub mod adopt;
 pub mod check;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
+pub(crate) mod conninfo;
 pub mod db;
 pub mod embedded;
 pub mod error;
 pub mod history;
+pub mod interrupt;
 pub mod migrate;
 pub mod online;
 pub mod orphans;
+pub(crate) mod schema;
 pub mod tenant_fk;
 pub mod tls;
 pub mod verify;
 
 pub use config::{OrphanPolicy, Settings, DEFAULT_DATABASE_URL};
 pub use error::{exit, Error, Result};
+pub use interrupt::{Interrupt, Reason};
 pub use migrate::{migrate, MigrateReport};
 
 /// `migrate` with the documented defaults for everything but the URL.
@@ -43,18 +49,18 @@ pub fn migrate_url(database_url: &str) -> Result<MigrateReport> {
 
 /// `status`: applied, pending, divergent and unknown versions. Creates nothing.
 pub fn status(settings: &Settings) -> Result<history::Status> {
-    let mut client = db::connect_with_wait(settings)?;
-    history::status(&mut client)
+    let mut conn = db::connect_with_wait(settings)?;
+    history::status(&mut conn)
 }
 
 /// `check`: orphan counts, constraint status and partition layout. Read-only.
 pub fn check(settings: &Settings) -> Result<check::CheckReport> {
-    let mut client = db::connect_with_wait(settings)?;
-    check::check(&mut client)
+    let mut conn = db::connect_with_wait(settings)?;
+    check::check(conn.client())
 }
 
 /// `verify`: the spec's seven assertions, inside a transaction that is rolled back.
 pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
-    let mut client = db::connect_with_wait(settings)?;
-    verify::verify(&mut client)
+    let mut conn = db::connect_with_wait(settings)?;
+    verify::verify(&mut conn)
 }

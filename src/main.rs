@@ -1,88 +1,13 @@
-//! `meta-chat-migrate`: a thin shell over the library. Output of a command goes to stdout, logs
-//! and the one error line to stderr, and the exit code says what happened (see `--help`).
+//! `meta-chat-migrate`: a thin shell over the library ([`meta_chat_migrations::cli`]). Output of
+//! a command goes to stdout, logs and the one error line to stderr, and the exit code says what
+//! happened (see `--help`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use meta_chat_migrations::config::{parse_duration, DEFAULT_JOBS};
-use meta_chat_migrations::{exit, Error, OrphanPolicy, Settings};
-
-/// `println!` that never panics: a closed stdout (`| head`) is not an error of this program.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success
-  1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
-     without --baseline, an unexpected catalog, SQL error)
-  2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
-  3  orphaned rows found (check, or migrate refusing under --orphans refuse)
-  4  a verify assertion failed";
-
-/// Applies and checks the meta-chat PostgreSQL schema.
-#[derive(Parser)]
-#[command(name = "meta-chat-migrate", version, after_help = EXIT_CODES)]
-struct Cli {
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, else postgres://postgres@localhost:5432/postgres]
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-
-    /// How long to wait for the database to accept connections.
-    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
-    wait: Duration,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Apply pending migrations (the tenant FKs are restored online, without stopping writes).
-    Migrate(MigrateArgs),
-    /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing.
-    Status(JsonArg),
-    /// Count orphaned rows, show constraint status and partition layout. Exit 3 on orphans.
-    Check(JsonArg),
-    /// Run the spec's seven validation assertions in a rolled-back transaction. Exit 4 on failure.
-    Verify(JsonArg),
-}
-
-#[derive(Args)]
-struct JsonArg {
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct MigrateArgs {
-    /// Apply up to and including this version.
-    #[arg(long, value_name = "VERSION")]
-    target: Option<i64>,
-    /// Adopt a database migrated by something else (schema present, no history): record the
-    /// versions up to VERSION as applied without running them, if the catalog matches, then
-    /// apply the rest.
-    #[arg(long, value_name = "VERSION")]
-    baseline: Option<i64>,
-    /// What to do with rows whose "tenantId" references no tenant.
-    #[arg(long, value_enum, default_value_t = OrphanPolicy::Refuse)]
-    orphans: OrphanPolicy,
-    /// Connections for the per-partition work of the online restore.
-    #[arg(long, default_value_t = DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
-    jobs: u16,
-    /// lock_timeout for DDL whose lock would block writes while it waits.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    lock_timeout: Duration,
-    /// Retries (with backoff and jitter) of a step that hit lock_timeout.
-    #[arg(long, default_value_t = 10)]
-    lock_retries: u32,
-}
+use clap::Parser;
+use meta_chat_migrations::cli::{self, Cli};
+use meta_chat_migrations::{exit, Error, Interrupt, Reason};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(
@@ -93,7 +18,15 @@ fn main() -> ExitCode {
     .format_timestamp_millis()
     .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let interrupt = Interrupt::new();
+    on_signals(interrupt.clone());
+    let outcome = cli::run(cli, interrupt.clone());
+    // Whatever statement failed first, a signalled run says it was stopped.
+    let outcome = match (outcome, interrupt.reason()) {
+        (Err(_), Some(reason)) => Err(Error::Interrupted { reason }),
+        (other, _) => other,
+    };
+    match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             eprintln!("error: {err}");
@@ -102,88 +35,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<i32, Error> {
-    let mut settings = match cli.database_url {
-        Some(url) => Settings::new(url),
-        None => Settings::from_env(),
-    };
-    settings.connect_wait = cli.wait;
-    match cli.command {
-        Command::Migrate(args) => {
-            settings.target = args.target;
-            settings.baseline = args.baseline;
-            settings.orphans = args.orphans;
-            settings.jobs = args.jobs.into();
-            settings.lock_timeout = args.lock_timeout;
-            settings.lock_retries = args.lock_retries;
-            let report = meta_chat_migrations::migrate(&settings)?;
-            out!(
-                "{}: at version {} ({} migration(s) applied)",
-                report.database,
-                report.to.map_or("none".into(), |v| v.to_string()),
-                report.applied.len()
-            );
-            Ok(exit::SUCCESS)
-        }
-        Command::Status(a) => {
-            let status = meta_chat_migrations::status(&settings)?;
-            if a.json {
-                print_json(&status);
-            } else {
-                for e in &status.applied {
-                    let mark = if status.divergent.contains(e) {
-                        "DIVERGENT"
-                    } else {
-                        "applied"
-                    };
-                    out!(
-                        "{mark:<9} {} {}  {}",
-                        e.version,
-                        e.name,
-                        e.applied_on.as_deref().unwrap_or("")
-                    );
-                }
-                for e in &status.unknown {
-                    out!(
-                        "UNKNOWN   {} {}  (applied, not in this build)",
-                        e.version,
-                        e.name
-                    );
-                }
-                for e in &status.pending {
-                    out!("pending   {} {}", e.version, e.name);
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
-        Command::Check(a) => {
-            let report = meta_chat_migrations::check(&settings)?;
-            if a.json {
-                print_json(&report);
-            } else {
-                report.lines().iter().for_each(|l| out!("{l}"));
-            }
-            Ok(if report.orphan_total() > 0 {
-                exit::ORPHANS
-            } else {
-                exit::SUCCESS
-            })
-        }
-        Command::Verify(a) => {
-            let report = meta_chat_migrations::verify(&settings)?;
-            if a.json {
-                print_json(&report);
-            } else {
-                report.lines().iter().for_each(|l| out!("{l}"));
-            }
-            report.into_result().map(|_| exit::SUCCESS)
-        }
-    }
-}
+/// How long after SIGTERM or SIGINT the process exits at the latest, even if a cancel request
+/// is slow to arrive (a second signal exits at once).
+const EXIT_WITHIN: Duration = Duration::from_millis(1500);
 
-fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(json) => out!("{json}"),
-        Err(e) => log::error!("could not serialise the report: {e}"),
-    }
+/// SIGTERM (Kubernetes, `docker stop`) and SIGINT stop the run: its statements are cancelled on
+/// the server, the migration lock is released, and the process exits 130 or 143.
+fn on_signals(interrupt: Interrupt) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        log::warn!("could not install the SIGTERM and SIGINT handlers");
+        return;
+    };
+    std::thread::spawn(move || {
+        for number in signals.forever() {
+            let name = if number == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            if interrupt.reason().is_some() {
+                std::process::exit(exit::SIGNAL_BASE + number);
+            }
+            log::warn!("{name}: cancelling this run's statements on the server and releasing the migration lock");
+            interrupt.trigger(Reason::Signal { name, number });
+            std::thread::spawn(move || {
+                std::thread::sleep(EXIT_WITHIN);
+                eprintln!("error: interrupted by {name}: exiting before the run finished stopping; the server ends its statements when the connections close");
+                std::process::exit(exit::SIGNAL_BASE + number);
+            });
+        }
+    });
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::adopt;
 use crate::config::{DbTarget, Settings};
-use crate::db::{self, BlockerWatch, LockPolicy};
+use crate::db::{self, BlockerWatch, Conn, LockPolicy, MigrationLock};
 use crate::embedded;
 use crate::error::{Error, Result};
 use crate::history::{self, Entry};
@@ -46,15 +46,39 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         });
     }
     log::info!(
-        "meta-chat-migrate {}: migrating {target}",
-        env!("CARGO_PKG_VERSION")
+        "meta-chat-migrate {}: migrating schema {} of {target}",
+        env!("CARGO_PKG_VERSION"),
+        settings.schema
     );
-    let mut client = db::connect_with_wait(settings)?;
-    db::acquire_advisory_lock(&mut client)?;
-    let outcome = migrate_locked(settings, &mut client, target);
-    // Also released by the server when the connection closes; explicit for a clean log.
-    let _ = db::release_advisory_lock(&mut client);
-    outcome
+    let outcome = lock_database(settings, &target).and_then(|(mut main, lock)| {
+        let outcome = migrate_locked(settings, &mut main, &lock, target);
+        lock.release();
+        outcome
+    });
+    // An interrupted run says why it stopped, whichever of its statements failed first.
+    match (outcome, settings.interrupt.reason()) {
+        (Err(_), Some(reason)) => Err(Error::interrupted(reason)),
+        (other, _) => other,
+    }
+}
+
+/// Connects (waiting for the server), refuses a transaction-mode pooler and a read-only
+/// database, takes the migration lock (ending what an earlier run left running), and checks
+/// that the platform lives in the schema this run migrates. Changes nothing.
+pub(crate) fn lock_database(
+    settings: &Settings,
+    target: &DbTarget,
+) -> Result<(Conn, MigrationLock)> {
+    let mut main = db::connect_raw_with_wait(settings)?;
+    let mut lock_conn = db::connect_raw(settings)?;
+    db::pooler::ensure_own_sessions(&mut main, &mut lock_conn, target)?;
+    main.setup(settings, settings.lock_timeout)?;
+    lock_conn.setup(settings, settings.lock_timeout)?;
+    db::ensure_writable(&mut main, target)?;
+    let lock = MigrationLock::acquire(lock_conn, settings)?;
+    db::lock::join_work(&mut main)?;
+    crate::schema::ensure_platform_here(&mut main, &settings.schema)?;
+    Ok((main, lock))
 }
 
 fn ensure_known(flag: &'static str, version: Option<i64>) -> Result<()> {
@@ -111,9 +135,11 @@ fn adoption(settings: &Settings, client: &mut Client) -> Result<Option<i64>> {
 
 fn migrate_locked(
     settings: &Settings,
-    client: &mut Client,
+    main: &mut Conn,
+    lock: &MigrationLock,
     database: DbTarget,
 ) -> Result<MigrateReport> {
+    let client = main.client();
     let status = history::status(client)?;
     status.ensure_consistent()?;
     let from = status.current();
@@ -185,8 +211,8 @@ fn migrate_locked(
         return Ok(report);
     }
 
-    let watch = BlockerWatch::start(settings)?;
-    let pid = db::backend_pid(client)?;
+    let watch = lock.watch();
+    let pid = main.pid();
     let policy = LockPolicy::of(settings);
     let mut restored = false;
     for entry in &pending {
@@ -194,13 +220,13 @@ fn migrate_locked(
             // Before the first tenant FK version: their online restore in one pass, so each
             // versioned migration then only records itself.
             if !preflight_done {
-                report.orphans_resolved = preflight(settings, client, &pending_fks)?;
+                report.orphans_resolved = preflight(settings, main.client(), &pending_fks)?;
                 preflight_done = true;
             }
-            report.online = online::restore(settings, client, &watch, &pending_fks)?;
+            report.online = online::restore(settings, main, watch, &pending_fks)?;
             restored = true;
         }
-        apply_one(client, pid, &watch, policy, entry)?;
+        apply_one(main.client(), pid, watch, &policy, entry)?;
         report.applied.push(entry.clone());
         report.to = Some(entry.version);
     }
@@ -238,7 +264,7 @@ fn apply_one(
     client: &mut Client,
     pid: i32,
     watch: &BlockerWatch,
-    policy: LockPolicy,
+    policy: &LockPolicy,
     entry: &Entry,
 ) -> Result<()> {
     let step = format!("migration {} ({})", entry.version, entry.name);

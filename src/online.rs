@@ -35,7 +35,7 @@ use postgres::{Client, GenericClient};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::db::{self, quote_ident, BlockerWatch, LockPolicy};
+use crate::db::{self, quote_ident, BlockerWatch, Conn, LockPolicy};
 use crate::error::{Error, Result};
 use crate::tenant_fk::TenantFk;
 
@@ -163,12 +163,12 @@ pub fn constraint_exists_validated(client: &mut impl GenericClient, fk: &TenantF
 }
 
 /// What every step of one connection needs besides its client: its backend pid (for naming
-/// blockers), the watch, and the lock policy.
+/// blockers), the watch, and the lock policy (which carries the run's interrupt).
 #[derive(Clone, Copy)]
 struct StepCtx<'a> {
     pid: i32,
     watch: &'a BlockerWatch,
-    policy: LockPolicy,
+    policy: &'a LockPolicy,
 }
 
 impl StepCtx<'_> {
@@ -185,6 +185,16 @@ impl StepCtx<'_> {
             tx.batch_execute(sql).map_err(|e| Error::db(step, e))?;
             tx.commit().map_err(|e| Error::db(step, e))
         })
+    }
+
+    /// A statement that takes only SHARE UPDATE EXCLUSIVE (VALIDATE, the CONCURRENTLY forms):
+    /// it never blocks reads or writes, so it waits as long as needed, watched.
+    fn patient(&self, client: &mut Client, step: &str, sql: &str) -> Result<()> {
+        self.policy.interrupt.check()?;
+        self.watch.watch(self.pid, step);
+        let outcome = client.batch_execute(sql);
+        self.watch.take(self.pid);
+        outcome.map_err(|e| Error::db(step, e))
     }
 }
 
@@ -212,17 +222,18 @@ struct Counters {
 /// `settings.jobs` connections. `main` is the runner's connection (holding the advisory lock).
 pub fn restore(
     settings: &Settings,
-    main: &mut Client,
+    conn: &mut Conn,
     watch: &BlockerWatch,
     fks: &[&TenantFk],
 ) -> Result<Vec<OnlineReport>> {
     let started = Instant::now();
     let policy = LockPolicy::of(settings);
     let on_main = StepCtx {
-        pid: db::backend_pid(main)?,
+        pid: conn.pid(),
         watch,
-        policy,
+        policy: &policy,
     };
+    let main = conn.client();
 
     let parent_not_valid_supported = server_version_num(main)? >= 180000;
     let mut plans = Vec::new();
@@ -303,8 +314,12 @@ pub fn restore(
         .flat_map(|(p, plan)| (0..plan.parts.len()).map(move |q| (p, q)))
         .collect();
     let done = AtomicUsize::new(0);
-    for_each_item(settings, &items, |client, pid, &(p, q)| {
-        let ctx = StepCtx { pid, watch, policy };
+    for_each_item(settings, conn, &items, |client, pid, &(p, q)| {
+        let ctx = StepCtx {
+            pid,
+            watch,
+            policy: &policy,
+        };
         let plan = &plans[p];
         let part = &plan.parts[q];
         let step_started = Instant::now();
@@ -327,6 +342,7 @@ pub fn restore(
         Ok(())
     })?;
 
+    let main = conn.client();
     let mut reports = Vec::new();
     for plan in &plans {
         let fk = plan.fk;
@@ -367,33 +383,48 @@ pub fn restore(
     Ok(reports)
 }
 
-/// Runs `work` for every item on `settings.jobs` connections of its own, stopping at the first
-/// error. Worker sessions have `lock_timeout = 0`: the steps whose locks would block writes set
-/// their own bound with [`StepCtx::bounded`].
+/// Runs `work` for every item on up to `settings.jobs` connections of its own, stopping at the
+/// first error. Worker sessions hold the work lock shared (see [`crate::db::lock`]) and have
+/// `lock_timeout = 0`: the steps whose locks would block writes set their own bound with
+/// [`StepCtx::bounded`]. When the role's or server's connection limit leaves fewer connections,
+/// it goes on with those it got; with none at all, on `main`.
 fn for_each_item<T: Sync>(
     settings: &Settings,
+    main: &mut Conn,
     items: &[T],
     work: impl Fn(&mut Client, i32, &T) -> Result<()> + Sync,
 ) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
+    let mut workers = open_workers(settings, settings.jobs.clamp(1, items.len()))?;
+    if workers.is_empty() {
+        log::warn!("no connection left for workers (the connection limit is reached): doing the online work on the main connection, one item at a time; lower --jobs or raise the role's CONNECTION LIMIT to avoid this");
+        main.set_lock_timeout(Duration::ZERO)?;
+        let pid = main.pid();
+        let outcome = items
+            .iter()
+            .try_for_each(|item| work(main.client(), pid, item));
+        main.set_lock_timeout(settings.lock_timeout)?;
+        return outcome.inspect_err(|_| {
+            log::error!("the online restore stopped at the first error; the next run resumes it")
+        });
+    }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let jobs = settings.jobs.clamp(1, items.len());
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
+        let mut running = Vec::new();
+        for conn in workers.iter_mut() {
+            let (next, failed, first_error, work) = (&next, &failed, &first_error, &work);
+            running.push(scope.spawn(move || {
+                let pid = conn.pid();
                 let outcome = (|| -> Result<()> {
-                    let mut client = db::connect_once(settings)?;
-                    db::set_lock_timeout(&mut client, Duration::ZERO)?;
-                    let pid = db::backend_pid(&mut client)?;
                     while !failed.load(Ordering::Relaxed) {
                         let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
-                        work(&mut client, pid, item)?;
+                        work(conn.client(), pid, item)?;
                     }
                     Ok(())
                 })();
@@ -401,7 +432,13 @@ fn for_each_item<T: Sync>(
                     failed.store(true, Ordering::Relaxed);
                     first_error.lock().unwrap().get_or_insert(e);
                 }
-            });
+            }));
+        }
+        // The main connection idles meanwhile: keep it in use, so that a proxy or load balancer
+        // that closes idle connections does not close it.
+        if let Err(e) = db::keep_alive_while(main, || running.iter().any(|h| !h.is_finished())) {
+            failed.store(true, Ordering::Relaxed);
+            first_error.lock().unwrap().get_or_insert(e);
         }
     });
     match first_error.into_inner().unwrap() {
@@ -411,6 +448,28 @@ fn for_each_item<T: Sync>(
         }
         None => Ok(()),
     }
+}
+
+/// Up to `wanted` worker connections; fewer when the connection limit says so.
+fn open_workers(settings: &Settings, wanted: usize) -> Result<Vec<Conn>> {
+    let mut workers = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        let mut conn = match db::connect_once(settings) {
+            Ok(c) => c,
+            Err(e) if e.sqlstate() == Some("53300") => {
+                log::warn!(
+                    "opened {} of {wanted} worker connection(s): {e}",
+                    workers.len()
+                );
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        conn.set_lock_timeout(Duration::ZERO)?;
+        db::lock::join_work(&mut conn)?;
+        workers.push(conn);
+    }
+    Ok(workers)
 }
 
 /// Step 1 for one partition: NOT VALID, then VALIDATE, skipping what is already done.
@@ -450,11 +509,7 @@ fn partition_fk(
         "ALTER TABLE {} VALIDATE CONSTRAINT {}",
         part.relation, fk.constraint
     );
-    ctx.watch.watch(ctx.pid, &step);
-    let outcome = client.batch_execute(&sql);
-    ctx.watch.take(ctx.pid);
-    outcome.map_err(|e| {
-        let err = Error::db(&step, e);
+    ctx.patient(client, &step, &sql).map_err(|err| {
         if err.sqlstate() == Some("23503") {
             Error::Inconsistent {
                 what: label.clone(),
@@ -514,8 +569,8 @@ fn adopt_on_parent(
     Ok(())
 }
 
-/// Step 3 for one partition: build the index concurrently (dropping an INVALID leftover first)
-/// and attach it to the parent index.
+/// Step 3 for one partition: build the index concurrently (dropping an INVALID leftover first,
+/// never one that is still being built) and attach it to the parent index.
 fn partition_index(
     client: &mut Client,
     ctx: StepCtx<'_>,
@@ -531,12 +586,22 @@ fn partition_index(
         return Ok("index already attached");
     }
     let child = child_index_name(part);
+    wait_for_builds_of(client, ctx, &child)?;
     let leftover_invalid = index_validity(client, &child)? == Some(false);
-    ctx.watch
-        .watch(ctx.pid, &format!("{} on {}: build", fk.index, part.relname));
-    let built = build_index_concurrently(client, &child, part, leftover_invalid, counters);
-    ctx.watch.take(ctx.pid);
-    built?;
+    let step = format!("{} on {}: build", fk.index, part.relname);
+    if leftover_invalid {
+        log::info!("{child}: dropping the INVALID index an interrupted build left");
+        let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", quote_ident(&child));
+        ctx.patient(client, &step, &sql)?;
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    let sql = format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} (\"tenantId\")",
+        quote_ident(&child),
+        part.relation
+    );
+    ctx.patient(client, &step, &sql)?;
+    counters.built.fetch_add(1, Ordering::Relaxed);
     let sql = format!(
         "ALTER INDEX {} ATTACH PARTITION {}",
         fk.index,
@@ -554,35 +619,32 @@ fn partition_index(
     })
 }
 
-/// `CREATE INDEX CONCURRENTLY` of `name` on `part`, after `DROP INDEX CONCURRENTLY` of an
-/// INVALID one of that name (what an interrupted build leaves). Runs with the worker's
-/// `lock_timeout = 0`: SHARE UPDATE EXCLUSIVE never blocks reads or writes, and giving up would
-/// throw away the build.
-fn build_index_concurrently(
-    client: &mut Client,
-    name: &str,
-    part: &Partition,
-    drop_invalid_first: bool,
-    counters: &Counters,
-) -> Result<()> {
-    if drop_invalid_first {
-        log::info!("{name}: dropping the INVALID index an interrupted build left");
-        client
-            .batch_execute(&format!(
-                "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                quote_ident(name)
-            ))
-            .map_err(|e| Error::db(format!("dropping invalid index {name}"), e))?;
-        counters.dropped.fetch_add(1, Ordering::Relaxed);
+/// Backends building the index `name` right now (`pg_stat_progress_create_index`).
+const BUILDS_OF: &str = "SELECT pid FROM pg_stat_progress_create_index \
+     WHERE index_relid = to_regclass(quote_ident($1)) AND pid <> pg_backend_pid()";
+
+/// Waits while another session builds the index `name`: an INVALID index that is being built is
+/// not a leftover, and dropping it would fail or deadlock with that build.
+fn wait_for_builds_of(client: &mut Client, ctx: StepCtx<'_>, name: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut logged: Option<Instant> = None;
+    loop {
+        let pids: Vec<i32> = client
+            .query(BUILDS_OF, &[&name])
+            .map_err(|e| Error::db(format!("reading the progress of builds of {name}"), e))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            log::info!(
+                "{name}: being built by pids {pids:?} for {:.0}s; waiting for that build instead of dropping its index",
+                started.elapsed().as_secs_f64()
+            );
+            logged = Some(Instant::now());
+        }
+        ctx.policy.interrupt.sleep(Duration::from_millis(250))?;
     }
-    let sql = format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} (\"tenantId\")",
-        quote_ident(name),
-        part.relation
-    );
-    client
-        .batch_execute(&sql)
-        .map_err(|e| Error::db(format!("building index {name} on {}", part.relname), e))?;
-    counters.built.fetch_add(1, Ordering::Relaxed);
-    Ok(())
 }

@@ -44,74 +44,44 @@ impl Default for TlsOptions {
     }
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL's query, returning the URL for
-/// the driver (which knows only disable/prefer/require) and the TLS options. Key=value
-/// connection strings pass through unchanged.
-pub fn split_url(url: &str) -> Result<(String, TlsOptions)> {
-    let mut opts = TlsOptions::default();
-    let Some((base, query)) = url.split_once('?').filter(|_| url.contains("://")) else {
-        return Ok((url.to_string(), opts));
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sslmode" => {
-                opts.mode = match value {
-                    "disable" => SslMode::Disable,
-                    "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-full" => SslMode::VerifyFull,
-                    "allow" | "verify-ca" => {
-                        return Err(Error::InvalidUrl {
-                            reason: format!("sslmode={value} is not supported; use disable, prefer, require or verify-full"),
-                        })
-                    }
-                    _ => {
-                        return Err(Error::InvalidUrl {
-                            reason: "sslmode must be disable, prefer, require or verify-full".into(),
-                        })
-                    }
-                };
+impl TlsOptions {
+    /// `sslmode` and `sslrootcert` as libpq reads them.
+    pub(crate) fn from_params(params: &crate::conninfo::ConnParams) -> Result<TlsOptions> {
+        let mode = match params.get("sslmode").unwrap_or("prefer") {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-full" => SslMode::VerifyFull,
+            v @ ("allow" | "verify-ca") => {
+                return Err(Error::InvalidUrl {
+                    reason: format!(
+                        "sslmode={v} is not supported; use disable, prefer, require or verify-full"
+                    ),
+                })
             }
-            "sslrootcert" => opts.root_cert = Some(PathBuf::from(percent_decode(value))),
-            _ => kept.push(pair),
+            _ => {
+                return Err(Error::InvalidUrl {
+                    reason: "sslmode must be disable, prefer, require or verify-full".into(),
+                })
+            }
+        };
+        let root_cert = params.get("sslrootcert").map(PathBuf::from);
+        if mode == SslMode::VerifyFull && root_cert.is_none() {
+            return Err(Error::InvalidUrl {
+                reason: "sslmode=verify-full needs sslrootcert=/path/to/ca.pem (the CA that signed the server's certificate)".into(),
+            });
         }
+        Ok(TlsOptions { mode, root_cert })
     }
-    if opts.mode == SslMode::VerifyFull && opts.root_cert.is_none() {
-        return Err(Error::InvalidUrl {
-            reason: "sslmode=verify-full needs sslrootcert=/path/to/ca.pem (the CA that signed the server's certificate)".into(),
-        });
-    }
-    let driver_mode = match opts.mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require | SslMode::VerifyFull => "require",
-    };
-    kept.push(match driver_mode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
-        _ => "sslmode=require",
-    });
-    Ok((format!("{base}?{}", kept.join("&")), opts))
-}
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+    /// What the driver itself is told: it negotiates TLS, the connector checks certificates.
+    pub(crate) fn driver_mode(&self) -> postgres::config::SslMode {
+        match self.mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => postgres::config::SslMode::Require,
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The connector for `opts`. (With `sslmode=disable` the driver never calls it.)
@@ -203,19 +173,16 @@ impl ServerCertVerifier for EncryptOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conninfo::parse;
 
     #[test]
-    fn sslmode_is_split_out_of_the_url() {
-        let (url, opts) =
-            split_url("postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
-        assert_eq!(
-            url,
-            "postgres://u:pw@h/db?application_name=x&sslmode=require"
-        );
+    fn sslmode_and_root_cert_come_from_the_url() {
+        let p = parse("postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
+        let opts = TlsOptions::from_params(&p).unwrap();
         assert_eq!(opts.mode, SslMode::VerifyFull);
         assert_eq!(opts.root_cert, Some(PathBuf::from("/etc/ca.pem")));
-        let (url, opts) = split_url("postgres://h/db").unwrap();
-        assert_eq!(url, "postgres://h/db");
+        assert_eq!(opts.driver_mode(), postgres::config::SslMode::Require);
+        let opts = TlsOptions::from_params(&parse("postgres://h/db").unwrap()).unwrap();
         assert_eq!(opts.mode, SslMode::Prefer);
     }
 
@@ -226,7 +193,7 @@ mod tests {
             "postgres://u:s3cret@h/db?sslmode=sometimes",
             "postgres://u:s3cret@h/db?sslmode=verify-full",
         ] {
-            let err = split_url(url).unwrap_err();
+            let err = TlsOptions::from_params(&parse(url).unwrap()).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
             assert!(!err.to_string().contains("s3cret"));
         }

@@ -38,7 +38,7 @@ enum KillAt {
 
 /// One line per phase of a migrate from the baseline with data, in order.
 const PHASE_MARKERS: [&str; 11] = [
-    "migrating host=",
+    "migrating schema public of host=",
     "applying migration 20240520120000",
     "orphan pre-flight: 0 orphaned messages",
     "messages: restoring",

@@ -105,7 +105,11 @@ fn concurrent_runners_apply_each_version_once() {
 #[test]
 fn a_waiting_runner_names_the_pid_holding_the_lock() {
     let db = TestDb::new();
+    // A session that looks like a runner holding the lock (application name, recent activity).
     let mut holder = db.client();
+    holder
+        .batch_execute("SET application_name = 'meta-chat-migrate'")
+        .unwrap();
     let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
     holder
         .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
@@ -124,8 +128,9 @@ fn a_waiting_runner_names_the_pid_holding_the_lock() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!(
-            "another runner (pid {pid}) holds the migration lock"
-        )),
+            "another runner (pid {pid} (application_name 'meta-chat-migrate', client "
+        )) && stderr(&out)
+            .contains("holds the migration lock on this database; waiting for it to finish"),
         "{}",
         stderr(&out)
     );

@@ -41,6 +41,9 @@ fn with_query(url: &str, query: &str) -> String {
 /// its backends in `db` is encrypted.
 fn ssl_of_waiting_runner(db: &TestDb, url: &str) -> (Vec<bool>, Output) {
     let mut holder = db.client();
+    holder
+        .batch_execute("SET application_name = 'meta-chat-migrate'")
+        .unwrap();
     let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
     holder
         .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
@@ -51,11 +54,13 @@ fn ssl_of_waiting_runner(db: &TestDb, url: &str) -> (Vec<bool>, Output) {
     };
     let started = Instant::now();
     let mut ssl = Vec::new();
-    while started.elapsed() < Duration::from_secs(20) && ssl.is_empty() {
+    // A waiting runner holds two connections: the main one and the one that waits for the lock.
+    while started.elapsed() < Duration::from_secs(20) && ssl.len() < 2 {
         ssl = holder
             .query(
                 "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid
-                  WHERE a.datname = current_database() AND a.application_name = 'meta-chat-migrate'",
+                  WHERE a.datname = current_database() AND a.application_name = 'meta-chat-migrate'
+                    AND a.pid <> pg_backend_pid()",
                 &[],
             )
             .unwrap()
@@ -76,7 +81,11 @@ fn sslmode_require_encrypts_the_runners_backend() {
     let db = TestDb::new();
     let (ssl, out) = ssl_of_waiting_runner(&db, &with_query(&db.url, "sslmode=require"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(ssl, vec![true], "pg_stat_ssl of the runner's backend");
+    assert_eq!(
+        ssl,
+        vec![true, true],
+        "pg_stat_ssl of the runner's backends"
+    );
 }
 
 #[test]
@@ -84,7 +93,7 @@ fn sslmode_disable_does_not() {
     let db = TestDb::new();
     let (ssl, out) = ssl_of_waiting_runner(&db, &with_query(&db.url, "sslmode=disable"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(ssl, vec![false]);
+    assert_eq!(ssl, vec![false, false]);
 }
 
 #[test]
@@ -98,7 +107,7 @@ fn verify_full_checks_the_certificate_and_the_host_name() {
     );
     let (ssl, out) = ssl_of_waiting_runner(&db, &good);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(ssl, vec![true]);
+    assert_eq!(ssl, vec![true, true]);
 
     let wrong_host = with_query(
         &db.url.replace("localhost", "127.0.0.1"),

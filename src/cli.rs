@@ -1,0 +1,185 @@
+//! The command line of `meta-chat-migrate`: its flags, subcommands and what each prints. Behind
+//! the default `cli` feature, so that the library an application boots with does not pull in
+//! clap. `main.rs` only sets up logging and signals and turns the outcome into an exit code.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_duration, DEFAULT_JOBS, DEFAULT_SCHEMA};
+use crate::{exit, Error, Interrupt, OrphanPolicy, Settings};
+
+/// `println!` that never panics: a closed stdout (`| head`) is not an error of this program.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
+     without --baseline, an unexpected catalog, SQL error)
+  2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
+  3  orphaned rows found (check, or migrate refusing under --orphans refuse)
+  4  a verify assertion failed
+  130, 143  stopped by SIGINT or SIGTERM: the run's statements were cancelled on the server
+     and the migration lock released";
+
+/// Applies and checks the meta-chat PostgreSQL schema.
+#[derive(Parser)]
+#[command(name = "meta-chat-migrate", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, else postgres://postgres@localhost:5432/postgres]
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// How long to wait for the database to accept connections.
+    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
+
+    /// The schema that holds the platform's tables and history (set as search_path on every session).
+    #[arg(long, global = true, default_value = DEFAULT_SCHEMA)]
+    schema: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Apply pending migrations (the tenant FKs are restored online, without stopping writes).
+    Migrate(MigrateArgs),
+    /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing.
+    Status(JsonArg),
+    /// Count orphaned rows, show constraint status and partition layout. Exit 3 on orphans.
+    Check(JsonArg),
+    /// Run the spec's seven validation assertions in a rolled-back transaction. Exit 4 on failure.
+    Verify(JsonArg),
+}
+
+#[derive(Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Apply up to and including this version.
+    #[arg(long, value_name = "VERSION")]
+    target: Option<i64>,
+    /// Adopt a database migrated by something else (schema present, no history): record the
+    /// versions up to VERSION as applied without running them, if the catalog matches, then
+    /// apply the rest.
+    #[arg(long, value_name = "VERSION")]
+    baseline: Option<i64>,
+    /// What to do with rows whose "tenantId" references no tenant.
+    #[arg(long, value_enum, default_value_t = OrphanPolicy::Refuse)]
+    orphans: OrphanPolicy,
+    /// Connections for the per-partition work of the online restore.
+    #[arg(long, default_value_t = DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// lock_timeout for DDL whose lock would block writes while it waits.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+    /// Retries (with backoff and jitter) of a step that hit lock_timeout.
+    #[arg(long, default_value_t = 10)]
+    lock_retries: u32,
+    /// How long to wait for the migration lock [default: as long as a live runner holds it]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    lock_wait: Option<Duration>,
+}
+
+/// Runs the parsed command; the `Ok` value is the exit code.
+pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
+    let mut settings = match cli.database_url {
+        Some(url) => Settings::new(url),
+        None => Settings::from_env(),
+    };
+    settings.connect_wait = cli.wait;
+    settings.schema = cli.schema;
+    settings.interrupt = interrupt;
+    match cli.command {
+        Command::Migrate(args) => {
+            settings.target = args.target;
+            settings.baseline = args.baseline;
+            settings.orphans = args.orphans;
+            settings.jobs = args.jobs.into();
+            settings.lock_timeout = args.lock_timeout;
+            settings.lock_retries = args.lock_retries;
+            settings.lock_wait = args.lock_wait;
+            let report = crate::migrate(&settings)?;
+            out!(
+                "{}: at version {} ({} migration(s) applied)",
+                report.database,
+                report.to.map_or("none".into(), |v| v.to_string()),
+                report.applied.len()
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Status(a) => {
+            let status = crate::status(&settings)?;
+            if a.json {
+                print_json(&status);
+            } else {
+                for e in &status.applied {
+                    let mark = if status.divergent.contains(e) {
+                        "DIVERGENT"
+                    } else {
+                        "applied"
+                    };
+                    out!(
+                        "{mark:<9} {} {}  {}",
+                        e.version,
+                        e.name,
+                        e.applied_on.as_deref().unwrap_or("")
+                    );
+                }
+                for e in &status.unknown {
+                    out!(
+                        "UNKNOWN   {} {}  (applied, not in this build)",
+                        e.version,
+                        e.name
+                    );
+                }
+                for e in &status.pending {
+                    out!("pending   {} {}", e.version, e.name);
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Check(a) => {
+            let report = crate::check(&settings)?;
+            if a.json {
+                print_json(&report);
+            } else {
+                report.lines().iter().for_each(|l| out!("{l}"));
+            }
+            Ok(if report.orphan_total() > 0 {
+                exit::ORPHANS
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Verify(a) => {
+            let report = crate::verify(&settings)?;
+            if a.json {
+                print_json(&report);
+            } else {
+                report.lines().iter().for_each(|l| out!("{l}"));
+            }
+            report.into_result().map(|_| exit::SUCCESS)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => out!("{json}"),
+        Err(e) => log::error!("could not serialise the report: {e}"),
+    }
+}

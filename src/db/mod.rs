@@ -1,0 +1,329 @@
+//! The one place that owns connections and locking (after reshape's `db.rs`):
+//!
+//! - connecting, with a bounded wait and backoff, because as a compose init step the runner
+//!   starts before PostgreSQL accepts connections ([`connect_with_wait`]);
+//! - the session settings every runner connection gets, whatever the role or database sets
+//!   ([`Conn::setup`]): `application_name`, `search_path` (the schema it migrates),
+//!   `lock_timeout`, and no `statement_timeout`, `idle_in_transaction_session_timeout`,
+//!   `idle_session_timeout` or `transaction_timeout` (a managed service's defaults would cancel a
+//!   concurrent index build or close the connection holding the migration lock), plus
+//!   `client_connection_check_interval` so that the server ends a dead runner's statements;
+//! - every connection registered with the run's [`Interrupt`], so that a signal cancels its
+//!   statement on the server;
+//! - the migration lock ([`lock`]): a session-level advisory lock, kept alive and watched;
+//! - refusing a transaction-mode pooler before anything changes ([`pooler`]);
+//! - retrying a step that hit `lock_timeout` ([`retry`]).
+
+pub mod lock;
+pub(crate) mod pooler;
+pub mod retry;
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, SimpleQueryMessage};
+
+use crate::config::{DbTarget, Settings, MAX_SERVER_TIMEOUT};
+use crate::error::{describe_pg_error, sqlstate, Error, Result};
+use crate::interrupt::Registration;
+use crate::tls;
+
+pub use lock::{BlockerWatch, MigrationLock, ADVISORY_LOCK_KEYS, WORK_LOCK_KEYS};
+pub use retry::LockPolicy;
+
+pub const APPLICATION_NAME: &str = "meta-chat-migrate";
+
+/// How often the server checks, during a statement, that the runner is still connected
+/// (PostgreSQL 14+): a runner killed with SIGKILL leaves no statement running for longer.
+pub const CLIENT_CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// SQLSTATEs after which waiting for the server makes no sense: bad credentials, no such
+/// database, no such role, no permission.
+const PERMANENT_CONNECT_ERRORS: &[&str] = &["28000", "28P01", "3D000", "42501"];
+
+/// One connection of a run: the driver's client, its backend pid and server version, and its
+/// registration with the run's [`Interrupt`]. Derefs to the client.
+pub struct Conn {
+    client: Client,
+    pid: i32,
+    server_version: i32,
+    _cancel: Registration,
+}
+
+impl Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Conn {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// `server_version_num`, e.g. 150004.
+    pub fn server_version(&self) -> i32 {
+        self.server_version
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The runner's session settings, overriding whatever the role or database sets (see the
+    /// module docs). One round trip, in the simple protocol, which any pooler passes.
+    pub fn setup(&mut self, settings: &Settings, lock_timeout: Duration) -> Result<()> {
+        let v = self.server_version;
+        // A list setting takes identifiers: a quoted literal would be one name, quotes and all.
+        let mut sql = format!("SET search_path = {}", quote_ident(&settings.schema));
+        let mut sets = vec![
+            ("lock_timeout", format!("{}ms", lock_timeout.as_millis())),
+            ("statement_timeout", "0".into()),
+            ("idle_in_transaction_session_timeout", "0".into()),
+        ];
+        if v >= 140000 {
+            sets.push(("idle_session_timeout", "0".into()));
+            sets.push((
+                "client_connection_check_interval",
+                format!("{}ms", CLIENT_CONNECTION_CHECK_INTERVAL.as_millis()),
+            ));
+        }
+        if v >= 170000 {
+            sets.push(("transaction_timeout", "0".into()));
+        }
+        for (k, v) in sets {
+            sql.push_str(&format!("; SET {k} = {}", quote_literal(&v)));
+        }
+        self.client
+            .batch_execute(&sql)
+            .map_err(|e| Error::db("setting the runner's session settings", e))
+    }
+
+    /// `SET lock_timeout` for the session; `Duration::ZERO` means wait as long as needed.
+    pub fn set_lock_timeout(&mut self, timeout: Duration) -> Result<()> {
+        set_lock_timeout(&mut self.client, timeout)
+    }
+}
+
+/// How often an idle connection of a run is used, so that proxies and load balancers that close
+/// idle connections leave it alone (see also [`lock::KEEPALIVE_EVERY`]).
+pub const KEEP_IN_USE_EVERY: Duration = Duration::from_secs(2);
+
+/// Uses `conn` every [`KEEP_IN_USE_EVERY`] while `busy()` holds (other threads work meanwhile).
+pub fn keep_alive_while(conn: &mut Conn, busy: impl Fn() -> bool) -> Result<()> {
+    let mut last = Instant::now();
+    while busy() {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() >= KEEP_IN_USE_EVERY {
+            conn.simple_query("SELECT 1")
+                .map_err(|e| Error::db("keeping the main connection in use", e))?;
+            last = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// `SET lock_timeout` for the session; `Duration::ZERO` means wait as long as needed.
+pub fn set_lock_timeout(client: &mut Client, timeout: Duration) -> Result<()> {
+    client
+        .batch_execute(&format!("SET lock_timeout = '{}ms'", timeout.as_millis()))
+        .map_err(|e| Error::db("setting lock_timeout", e))
+}
+
+/// Opens one connection, registered with the run's interrupt, with no session settings yet (a
+/// pooler must be ruled out before anything is set on a server connection it may share).
+pub fn connect_raw(settings: &Settings) -> Result<Conn> {
+    settings.interrupt.check()?;
+    let conn = settings.connection()?;
+    let mut config = conn.config;
+    config.application_name(APPLICATION_NAME);
+    let connector = tls::connector(&conn.tls)?;
+    let fail = |e: postgres::Error| Error::Connect {
+        target: conn.target.to_string(),
+        waited: Duration::ZERO,
+        sqlstate: sqlstate(&e).map(str::to_owned),
+        cause: describe_pg_error(&e),
+    };
+    let mut client = config.connect(connector.clone()).map_err(fail)?;
+    let registration = settings
+        .interrupt
+        .register(client.cancel_token(), connector);
+    let rows = client
+        .simple_query("SELECT pg_backend_pid(), current_setting('server_version_num')")
+        .map_err(fail)?;
+    let (pid, server_version) = first_row(&rows)
+        .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))
+        .ok_or_else(|| Error::Database {
+            context: "reading the backend pid".into(),
+            sqlstate: None,
+            cause: "the server sent no row".into(),
+        })?;
+    Ok(Conn {
+        client,
+        pid,
+        server_version,
+        _cancel: registration,
+    })
+}
+
+/// The first data row of a simple-protocol result.
+pub(crate) fn first_row(messages: &[SimpleQueryMessage]) -> Option<&postgres::SimpleQueryRow> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })
+}
+
+/// One connection with the runner's session settings.
+pub fn connect_once(settings: &Settings) -> Result<Conn> {
+    let mut conn = connect_raw(settings)?;
+    conn.setup(settings, settings.lock_timeout)?;
+    Ok(conn)
+}
+
+/// Connects, retrying with backoff until `settings.connect_wait` has passed, and applies the
+/// session settings. Bad credentials and a missing database fail at once: waiting would not
+/// fix them.
+pub fn connect_with_wait(settings: &Settings) -> Result<Conn> {
+    let mut conn = connect_raw_with_wait(settings)?;
+    conn.setup(settings, settings.lock_timeout)?;
+    Ok(conn)
+}
+
+/// [`connect_with_wait`] without the session settings.
+pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
+    validate(settings)?;
+    let target: DbTarget = settings.target()?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        attempt += 1;
+        match connect_raw(settings) {
+            Ok(conn) => {
+                if attempt > 1 {
+                    log::info!(
+                        "connected to {target} after {:.1}s ({attempt} attempts)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(conn);
+            }
+            Err(Error::Connect {
+                sqlstate, cause, ..
+            }) => {
+                let permanent = sqlstate
+                    .as_deref()
+                    .is_some_and(|code| PERMANENT_CONNECT_ERRORS.contains(&code));
+                let waited = started.elapsed();
+                if permanent || waited + delay > settings.connect_wait {
+                    return Err(Error::Connect {
+                        target: target.to_string(),
+                        waited,
+                        sqlstate,
+                        cause,
+                    });
+                }
+                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    log::info!(
+                        "waiting for {target} to accept connections ({:.1}s so far, up to {:?}): {cause}",
+                        waited.as_secs_f64(),
+                        settings.connect_wait
+                    );
+                    last_logged = Some(Instant::now());
+                }
+                settings.interrupt.sleep(retry::jitter(delay))?;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Settings that would only fail later, on the server, fail here as usage errors.
+fn validate(settings: &Settings) -> Result<()> {
+    if settings.lock_timeout > MAX_SERVER_TIMEOUT {
+        return Err(Error::Usage {
+            what: "--lock-timeout",
+            value: format!("{:?}", settings.lock_timeout),
+            reason: format!("PostgreSQL takes at most {:?}", MAX_SERVER_TIMEOUT),
+        });
+    }
+    if settings.schema.is_empty() || settings.schema.len() > 63 {
+        return Err(Error::Usage {
+            what: "--schema",
+            value: settings.schema.chars().take(80).collect(),
+            reason: "a schema name has 1 to 63 bytes".into(),
+        });
+    }
+    Ok(())
+}
+
+const WRITABLE: &str = "SELECT pg_is_in_recovery()::text, current_setting('transaction_read_only')";
+
+/// Refuses a standby or a read-only session before anything else, saying which it is.
+pub fn ensure_writable(conn: &mut Conn, target: &DbTarget) -> Result<()> {
+    let rows = conn
+        .simple_query(WRITABLE)
+        .map_err(|e| Error::db("checking that the database is writable", e))?;
+    let row = first_row(&rows);
+    let in_recovery = row.and_then(|r| r.get(0)) == Some("true");
+    let read_only = row.and_then(|r| r.get(1)) == Some("on");
+    let why = if in_recovery {
+        "the server is a standby in recovery (pg_is_in_recovery() is true): point the URL at the primary"
+    } else if read_only {
+        "its sessions start read-only (default_transaction_read_only is on for this role or database): use a role and database that may write, or clear that setting"
+    } else {
+        return Ok(());
+    };
+    Err(Error::ReadOnly {
+        target: target.to_string(),
+        why: why.into(),
+    })
+}
+
+/// The backend pid of a connection.
+pub fn backend_pid(client: &mut Client) -> Result<i32> {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .map(|r| r.get(0))
+        .map_err(|e| Error::db("reading backend pid", e))
+}
+
+/// Quotes an identifier for SQL: `"name"`, with inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL: `'text'` with inner quotes doubled, or `E'...'` with
+/// backslashes doubled too when it holds one, so that it reads the same whatever
+/// `standard_conforming_strings` is.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("tenantId"), "\"tenantId\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b'"), r"E'a\\b'''");
+    }
+}

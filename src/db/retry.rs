@@ -1,0 +1,108 @@
+//! Retrying a step that hit `lock_timeout` (SQLSTATE 55P03) with exponential backoff and
+//! jitter (each pause drawn from the upper half of its backoff). Why: a DDL statement waiting
+//! in the lock queue blocks every later query on that table, so it must give up quickly and try
+//! again later rather than wait; jitter keeps several runners or workers from retrying in
+//! lockstep. Every pause wakes at once when the run is interrupted.
+
+use std::time::Duration;
+
+use super::lock::BlockerWatch;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::interrupt::Interrupt;
+
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// How DDL steps wait for locks: each attempt waits at most `lock_timeout`, then backs off.
+#[derive(Clone, Debug)]
+pub struct LockPolicy {
+    pub lock_timeout: Duration,
+    pub retries: u32,
+    pub interrupt: Interrupt,
+}
+
+impl LockPolicy {
+    pub fn of(settings: &Settings) -> LockPolicy {
+        LockPolicy {
+            lock_timeout: settings.lock_timeout,
+            retries: settings.lock_retries,
+            interrupt: settings.interrupt.clone(),
+        }
+    }
+
+    /// Runs `attempt` (which must do its own transaction, if any) and retries it while it fails
+    /// with SQLSTATE 55P03 (`lock_timeout`). `pid` is the backend running it, for naming the
+    /// blockers.
+    pub fn run<T>(
+        &self,
+        step: &str,
+        pid: i32,
+        watch: &BlockerWatch,
+        mut attempt: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let mut blockers: Vec<i32> = Vec::new();
+        for n in 0..=self.retries {
+            self.interrupt.check()?;
+            watch.watch(pid, step);
+            let outcome = attempt();
+            let seen = watch.take(pid);
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
+                    for pid in seen {
+                        if !blockers.contains(&pid) {
+                            blockers.push(pid);
+                        }
+                    }
+                    if n == self.retries {
+                        break;
+                    }
+                    let pause = jitter(backoff(n));
+                    log::warn!(
+                        "{step}: no lock within {:?} (blocked by pids {:?}); retry {} of {} in {:.2}s",
+                        self.lock_timeout,
+                        blockers,
+                        n + 1,
+                        self.retries,
+                        pause.as_secs_f64()
+                    );
+                    self.interrupt.sleep(pause)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::LockTimeout {
+            step: step.to_string(),
+            attempts: self.retries + 1,
+            lock_timeout: self.lock_timeout,
+            blockers,
+        })
+    }
+}
+
+/// 250ms, 500ms, 1s, ... capped at 15s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(15))
+}
+
+/// A random duration in [d/2, d]: spreads retries of concurrent runners apart.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + Duration::from_secs_f64(half.as_secs_f64() * fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(1000));
+        assert_eq!(backoff(30), Duration::from_secs(15));
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
+        }
+    }
+}
