@@ -319,9 +319,11 @@ fn set_session_attrs(
             "any" => TargetSessionAttrs::Any,
             "read-write" => TargetSessionAttrs::ReadWrite,
             "read-only" => TargetSessionAttrs::ReadOnly,
-            other => return Err(url_error(format!(
+            other => {
+                return Err(url_error(format!(
                 "target_session_attrs={other} is not supported; use any, read-write or read-only"
-            ))),
+            )))
+            }
         });
     }
     if let Some(v) = params.get("channel_binding") {

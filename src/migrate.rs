@@ -51,7 +51,8 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         settings.schema
     );
     let outcome = lock_database(settings, &target).and_then(|(mut main, lock)| {
-        let outcome = migrate_locked(settings, &mut main, &lock, target);
+        let outcome =
+            migrate_locked(settings, &mut main, &lock, target).map_err(|e| lock.explain(e));
         lock.release();
         outcome
     });

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -355,22 +355,6 @@ fn an_edited_applied_migration_is_refused_as_divergent() {
     );
 }
 
-/// Forwards one TCP connection to the real server.
-fn proxy(client: TcpStream, server: &str) {
-    let Ok(upstream) = TcpStream::connect(server) else {
-        return;
-    };
-    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
-    let (mut a_read, mut b_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-    let (mut b_read, mut a_write) = (upstream, client);
-    thread::spawn(move || {
-        let _ = std::io::copy(&mut a_read, &mut b_write);
-        let _ = b_write.shutdown(std::net::Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut b_read, &mut a_write);
-    let _ = a_write.shutdown(std::net::Shutdown::Write);
-}
-
 #[test]
 fn the_runner_waits_for_a_database_that_is_not_up_yet() {
     // As a compose init step: the runner starts first; PostgreSQL only accepts connections on
@@ -393,13 +377,7 @@ fn the_runner_waits_for_a_database_that_is_not_up_yet() {
     };
     thread::sleep(Duration::from_secs(2));
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let upstream = format!("127.0.0.1:{}", server_port());
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let upstream = upstream.clone();
-            thread::spawn(move || proxy(conn, &upstream));
-        }
-    });
+    thread::spawn(move || serve(listener, ProxyOptions::default(), Default::default()));
     let out = runner.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(

@@ -22,8 +22,7 @@
 //! runner gives up after [`NOT_A_RUNNER_GRACE`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -232,8 +231,18 @@ impl BlockerWatch {
 /// when dropped.
 pub struct MigrationLock {
     watch: BlockerWatch,
-    stop: Arc<AtomicBool>,
+    shared: Arc<(Mutex<KeeperState>, Condvar)>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// What the run and the keeper tell each other.
+#[derive(Default)]
+struct KeeperState {
+    stop: bool,
+    /// Checks asked for by [`MigrationLock::lost`], and answered.
+    asked: u64,
+    answered: u64,
+    lost: Option<String>,
 }
 
 const POLL: Duration = Duration::from_millis(200);
@@ -245,15 +254,15 @@ impl MigrationLock {
         wait_for_lock(&mut conn, settings)?;
         end_leftovers(&mut conn, &settings.interrupt)?;
         let watch = BlockerWatch::default();
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared: Arc<(Mutex<KeeperState>, Condvar)> = Arc::default();
         let handle = {
-            let (watch, stop, interrupt) =
-                (watch.clone(), stop.clone(), settings.interrupt.clone());
-            std::thread::spawn(move || keep(conn, &watch, &stop, &interrupt))
+            let (watch, shared, interrupt) =
+                (watch.clone(), shared.clone(), settings.interrupt.clone());
+            std::thread::spawn(move || keep(conn, &watch, &shared, &interrupt))
         };
         Ok(MigrationLock {
             watch,
-            stop,
+            shared,
             handle: Some(handle),
         })
     }
@@ -262,13 +271,45 @@ impl MigrationLock {
         &self.watch
     }
 
+    /// Whether the lock was lost, checked on the server now (within a few seconds): a run that
+    /// failed may have failed because another runner took the lock and cancelled its work.
+    pub fn lost(&self) -> Option<String> {
+        let (state, wake) = &*self.shared;
+        let mut s = state.lock().unwrap();
+        s.asked += 1;
+        let asked = s.asked;
+        wake.notify_all();
+        let (s, _) = wake
+            .wait_timeout_while(s, Duration::from_secs(5), |s| {
+                s.answered < asked && s.lost.is_none()
+            })
+            .unwrap();
+        s.lost.clone()
+    }
+
+    /// Turns the error a run failed with into "the lock was lost" when that is what happened.
+    pub fn explain(&self, err: Error) -> Error {
+        if matches!(err, Error::Interrupted { .. }) {
+            return err;
+        }
+        match self.lost() {
+            Some(why) => {
+                log::warn!("the run failed after losing the migration lock: {err}");
+                Error::interrupted(Reason::LockLost(why))
+            }
+            None => err,
+        }
+    }
+
     /// Unlocks and closes the lock connection.
     pub fn release(mut self) {
         self.stop_keeper();
     }
 
     fn stop_keeper(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap().stop = true;
+        wake.notify_all();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -281,30 +322,58 @@ impl Drop for MigrationLock {
     }
 }
 
-/// The keeper: polls the blocker watch, checks the lock every [`KEEPALIVE_EVERY`], and on
-/// losing it triggers the interrupt. Unlocks when stopped.
-fn keep(mut conn: Conn, watch: &BlockerWatch, stop: &AtomicBool, interrupt: &Interrupt) {
+/// Whether this session still holds key 1, on the server.
+fn still_held(conn: &mut Conn) -> std::result::Result<(), String> {
     let (k1, k2) = ADVISORY_LOCK_KEYS;
+    match conn.query_one(HOLDS_LOCK, &[&k1, &k2]) {
+        Ok(row) if row.get::<_, bool>(0) => Ok(()),
+        Ok(_) => Err("the server no longer lists it as held by the runner's session".into()),
+        Err(e) => Err(crate::error::describe_pg_error(&e)),
+    }
+}
+
+/// The keeper: polls the blocker watch, checks the lock every [`KEEPALIVE_EVERY`] and when
+/// asked, and on losing it triggers the interrupt. Unlocks when stopped.
+fn keep(
+    mut conn: Conn,
+    watch: &BlockerWatch,
+    shared: &(Mutex<KeeperState>, Condvar),
+    interrupt: &Interrupt,
+) {
+    let (state, wake) = shared;
     let mut last_check = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(POLL);
+    loop {
+        let asked = {
+            let s = state.lock().unwrap();
+            let (s, _) = wake
+                .wait_timeout_while(s, POLL, |s| !s.stop && s.asked == s.answered)
+                .unwrap();
+            if s.stop {
+                break;
+            }
+            s.asked
+        };
         let mut outcome = watch.poll(&mut conn).map_err(|e| e.to_string());
-        if outcome.is_ok() && last_check.elapsed() >= KEEPALIVE_EVERY {
+        let due = last_check.elapsed() >= KEEPALIVE_EVERY || asked > state.lock().unwrap().answered;
+        if outcome.is_ok() && due {
             last_check = Instant::now();
-            outcome = match conn.query_one(HOLDS_LOCK, &[&k1, &k2]) {
-                Ok(row) if row.get::<_, bool>(0) => Ok(()),
-                Ok(_) => {
-                    Err("the server no longer lists it as held by the runner's session".into())
-                }
-                Err(e) => Err(crate::error::describe_pg_error(&e)),
-            };
+            outcome = still_held(&mut conn);
+        }
+        let mut s = state.lock().unwrap();
+        if due {
+            s.answered = asked;
         }
         if let Err(why) = outcome {
             log::error!("lost the migration lock: {why}; stopping this run's statements");
+            s.lost = Some(why.clone());
+            wake.notify_all();
+            drop(s);
             interrupt.trigger(Reason::LockLost(why));
             return;
         }
+        wake.notify_all();
     }
+    let (k1, k2) = ADVISORY_LOCK_KEYS;
     if let Err(e) = conn.query_one(UNLOCK, &[&k1, &k2]) {
         log::debug!("releasing the migration lock: {e} (the server releases it with the session)");
     }

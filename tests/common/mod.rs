@@ -279,3 +279,384 @@ pub fn migration_sql(version: i64) -> String {
         .and_then(|m| m.sql().map(str::to_owned))
         .expect("embedded migration")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures for what production puts between the runner and its server.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+pub fn runner_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"));
+    c.env_remove("DATABASE_URL");
+    c
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Replaces host and port of a postgres:// URL.
+pub fn with_host_port(url: &str, host: &str, port: u16) -> String {
+    let scheme_end = url.find("://").unwrap() + 3;
+    let rest = &url[scheme_end..];
+    let (userinfo, hostpart) = match rest.split_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), rest),
+    };
+    let path = hostpart.find('/').map(|i| &hostpart[i..]).unwrap_or("");
+    format!("{}{userinfo}{host}:{port}{path}", &url[..scheme_end])
+}
+
+#[derive(Clone, Default)]
+pub struct ProxyOptions {
+    /// Close a connection once nothing has crossed it (either way) for this long, as load
+    /// balancers and proxies do.
+    pub close_idle_after: Option<Duration>,
+    /// Answer TLS requests with 'N', as a server without TLS does.
+    pub refuse_tls: bool,
+    /// Where to listen (default 127.0.0.1).
+    pub bind: Option<IpAddr>,
+}
+
+/// A TCP proxy in front of the test server.
+pub struct Proxy {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Connections closed for being idle.
+    pub closed_idle: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(opts: ProxyOptions) -> Proxy {
+        let addr = opts.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let listener = TcpListener::bind((addr, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closed_idle = Arc::new(AtomicUsize::new(0));
+        let closed = closed_idle.clone();
+        thread::spawn(move || serve(listener, opts, closed));
+        Proxy {
+            addr,
+            port,
+            closed_idle,
+        }
+    }
+
+    /// `url` pointed at this proxy.
+    pub fn url(&self, url: &str) -> String {
+        with_host_port(url, &self.addr.to_string(), self.port)
+    }
+}
+
+/// Forwards every connection of `listener` to the test server, with `opts`' faults.
+pub fn serve(listener: TcpListener, opts: ProxyOptions, closed_idle: Arc<AtomicUsize>) {
+    let upstream = format!("127.0.0.1:{}", server_port());
+    for conn in listener.incoming().flatten() {
+        let (upstream, opts, closed) = (upstream.clone(), opts.clone(), closed_idle.clone());
+        thread::spawn(move || forward(conn, &upstream, &opts, &closed));
+    }
+}
+
+fn millis_since(t0: Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}
+
+fn forward(client: TcpStream, upstream: &str, opts: &ProxyOptions, closed: &AtomicUsize) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let t0 = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut c_read = client.try_clone().unwrap();
+    let mut c_write = client.try_clone().unwrap();
+    let s_read = server.try_clone().unwrap();
+    let mut s_write = server.try_clone().unwrap();
+    if opts.refuse_tls {
+        // SSLRequest and GSSENCRequest are 8 bytes: length 8, then a magic code.
+        let mut first = [0u8; 8];
+        loop {
+            if c_read.read_exact(&mut first).is_err() {
+                return;
+            }
+            if first[..4] == [0, 0, 0, 8] && first[4..6] == [0x04, 0xd2] {
+                let _ = c_write.write_all(b"N");
+                continue;
+            }
+            let _ = s_write.write_all(&first);
+            break;
+        }
+    }
+    let pump =
+        |mut from: TcpStream, mut to: TcpStream, last: Arc<AtomicU64>, done: Arc<AtomicBool>| {
+            thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                loop {
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            last.store(millis_since(t0), Ordering::Relaxed);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                done.store(true, Ordering::Relaxed);
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+            })
+        };
+    let a = pump(c_read, s_write, last.clone(), done.clone());
+    let b = pump(s_read, c_write, last.clone(), done.clone());
+    if let Some(limit) = opts.close_idle_after {
+        while !done.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+            let idle = millis_since(t0).saturating_sub(last.load(Ordering::Relaxed));
+            if idle >= limit.as_millis() as u64 {
+                closed.fetch_add(1, Ordering::Relaxed);
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+                break;
+            }
+        }
+    }
+    let _ = (a.join(), b.join());
+}
+
+/// Debian's PgBouncer in front of the test server, in the given pool mode, started for one
+/// test and stopped when dropped. `auth_type = any`: it logs in to the server as `postgres`.
+pub struct PgBouncer {
+    pub port: u16,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    pub fn start(pool_mode: &str) -> PgBouncer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "mcm-pgbouncer-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={} user=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\n\
+                 pool_mode = {pool_mode}\nunix_socket_dir =\nlogfile = {}\n",
+                server_port(),
+                dir.join("pgbouncer.log").display()
+            ),
+        )
+        .unwrap();
+        let root = std::env::var("USER").as_deref() == Ok("root")
+            || Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false);
+        let mut cmd = Command::new("pgbouncer");
+        if root {
+            // PgBouncer refuses to run as root.
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(&ini)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("pgbouncer is not installed (apt-get install pgbouncer): {e}")
+            });
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "pgbouncer did not start"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        PgBouncer { port, child, dir }
+    }
+
+    pub fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The test server's binaries: `TEST_PG_BINDIR`, else Debian's for the server's major.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("TEST_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+    let v: String = admin
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .unwrap()
+        .get(0);
+    let major = v.parse::<i32>().unwrap() / 10000;
+    let dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    assert!(
+        dir.join("initdb").exists(),
+        "no initdb for PostgreSQL {major}: set TEST_PG_BINDIR to the server's bin directory"
+    );
+    dir
+}
+
+/// A real standby: a fresh cluster started with `standby.signal` and no primary, so it stays in
+/// recovery and accepts only read-only sessions. Stopped and removed when dropped.
+pub struct Standby {
+    pub url: String,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn as_postgres(bin: &std::path::Path, args: &[&str]) -> Output {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args).output().unwrap()
+}
+
+impl Standby {
+    pub fn start() -> Standby {
+        let bin = pg_bindir();
+        let dir = std::env::temp_dir().join(format!(
+            "mcm-standby-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = Command::new("chown").args(["postgres"]).arg(&dir).status();
+        let d = dir.to_str().unwrap().to_string();
+        let out = as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.join("standby.signal"), "").unwrap();
+        let _ = Command::new("chown")
+            .args(["postgres"])
+            .arg(dir.join("standby.signal"))
+            .status();
+        let port = free_port();
+        let opts =
+            format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d}");
+        let log = format!("{d}/server.log");
+        let out = as_postgres(
+            &bin.join("pg_ctl"),
+            &["-D", &d, "-l", &log, "-w", "-o", &opts, "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Standby {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let d = self.dir.to_str().unwrap().to_string();
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &d, "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The runner's backends in `db` (application_name), as (pid, state, query).
+pub fn runner_backends(db: &TestDb) -> Vec<(i32, String, String)> {
+    let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+    admin
+        .query(
+            "SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity
+              WHERE datname = $1 AND application_name LIKE '%meta-chat-migrate%' ORDER BY pid",
+            &[&db.name],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Advisory locks held in `db`.
+pub fn advisory_locks(db: &TestDb) -> i64 {
+    let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+              WHERE l.locktype = 'advisory' AND d.datname = $1",
+            &[&db.name],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Polls `cond` every 50ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
