@@ -44,7 +44,7 @@ for major in "$@"; do
   url="postgres://postgres@127.0.0.1:$port/postgres"
   scripts/test-setup.sh "$url"
   echo "=== test suite on PostgreSQL $version (port $port)"
-  TEST_DATABASE_URL="$url" cargo test --locked
+  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo test --locked
   stop
   data=""
 done
