@@ -1,26 +1,23 @@
 //! Adopting a database whose schema something else created (Prisma, or SQL by hand): tables
 //! present, no refinery history. `migrate` refuses such a database and says what it found and
 //! which `--baseline VERSION` fits; with `--baseline`, the versions up to VERSION are recorded
-//! as applied without running, only if the catalog matches what VERSION implies.
+//! as applied without running them, only if the catalog matches what VERSION implies. What a
+//! version with online work implies is decided by the engine's own planning: every operation it
+//! declares is in place, exactly as declared.
 
 use std::fmt;
 
 use postgres::GenericClient;
 
-use crate::embedded::{
-    BASELINE, PARTITIONED, RESTORE_API_LOGS_TENANT_FK, RESTORE_MESSAGES_TENANT_FK,
-};
+use crate::catalog;
+use crate::engine;
 use crate::error::{Error, Result};
-use crate::online::{constraint_state, index_validity, is_partitioned};
-use crate::tenant_fk::{TenantFk, API_LOGS, MESSAGES};
+use crate::plan::{Op, BASELINE, PARTITIONED, PLANS, TABLES};
+use crate::sql::Relation;
 
-pub const TABLES: [&str; 4] = ["tenants", "conversations", "messages", "api_logs"];
-
-const TABLE_EXISTS: &str = "SELECT to_regclass($1) IS NOT NULL";
 /// Any validated FK from the table's "tenantId" to tenants, whatever its name.
 const HAS_TENANT_FK: &str = "SELECT EXISTS (SELECT 1 FROM pg_constraint c
-     WHERE c.conrelid = to_regclass($1) AND c.contype = 'f' AND c.convalidated
-       AND c.confrelid = to_regclass('tenants')
+     WHERE c.conrelid = $1 AND c.contype = 'f' AND c.convalidated AND c.confrelid = $2
        AND c.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = c.conrelid AND attname = 'tenantId')]::int2[])";
 const PRISMA_FINISHED: &str = "SELECT migration_name FROM _prisma_migrations
      WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL ORDER BY finished_at, migration_name";
@@ -34,11 +31,17 @@ pub struct Found {
     /// A validated tenant FK of any name.
     pub messages_tenant_fk: bool,
     pub api_logs_tenant_fk: bool,
-    /// The restored constraint and index, by the names the restore gives them.
-    pub messages_restored: bool,
-    pub api_logs_restored: bool,
+    /// The declared online operations that are in place, exactly as declared.
+    pub in_place: Vec<&'static str>,
     /// Finished, not rolled back rows of `_prisma_migrations`, if that table exists.
     pub prisma_finished: Option<Vec<String>>,
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::ForeignKey(fk) => fk.name.to_string(),
+        Op::Index(ix) => format!("a valid {}", ix.name),
+    }
 }
 
 impl Found {
@@ -56,73 +59,58 @@ impl Found {
         if !missing.is_empty() {
             return Some(format!("tables {} are missing", missing.join(", ")));
         }
-        let partitioned = self.messages_partitioned && self.api_logs_partitioned;
         if version == BASELINE {
             if self.messages_partitioned || self.api_logs_partitioned {
-                return Some(
-                    "messages or api_logs is already partitioned, which 20240101000000 does not do"
-                        .into(),
-                );
+                return Some(format!(
+                    "messages or api_logs is already partitioned, which {BASELINE} does not do"
+                ));
             }
             if !(self.messages_tenant_fk && self.api_logs_tenant_fk) {
-                return Some("20240101000000 has tenant foreign keys on messages and api_logs, this database does not".into());
+                return Some(format!("{BASELINE} has tenant foreign keys on messages and api_logs, this database does not"));
             }
             return None;
         }
-        if !partitioned {
+        if !(self.messages_partitioned && self.api_logs_partitioned) {
             return Some(format!("{version} implies messages and api_logs partitioned by month; they are not both partitioned"));
         }
-        if version >= RESTORE_MESSAGES_TENANT_FK && !self.messages_restored {
-            return Some(format!(
-                "{version} implies {} and a valid {}; they are not both there",
-                MESSAGES.constraint, MESSAGES.index
-            ));
-        }
-        if version >= RESTORE_API_LOGS_TENANT_FK && !self.api_logs_restored {
-            return Some(format!(
-                "{version} implies {} and a valid {}; they are not both there",
-                API_LOGS.constraint, API_LOGS.index
-            ));
+        for p in PLANS.iter().filter(|p| p.version <= version) {
+            let ops: Vec<&Op> = p.phases.iter().flat_map(|ops| ops.iter()).collect();
+            if let Some(op) = ops.iter().find(|op| !self.in_place.contains(&op.id())) {
+                let all: Vec<String> = ops.iter().map(|o| describe(o)).collect();
+                return Some(format!(
+                    "{version} implies {} (from {}); {} is not in place as declared",
+                    all.join(" and "),
+                    p.version,
+                    op.id()
+                ));
+            }
         }
         None
     }
 
     /// The newest version whose implications the catalog meets.
     pub fn best_baseline(&self) -> Option<i64> {
-        [
-            RESTORE_API_LOGS_TENANT_FK,
-            RESTORE_MESSAGES_TENANT_FK,
-            PARTITIONED,
-            BASELINE,
-        ]
-        .into_iter()
-        .find(|v| self.mismatch(*v).is_none())
+        let mut versions: Vec<i64> = PLANS.iter().map(|p| p.version).collect();
+        versions.extend([PARTITIONED, BASELINE]);
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        versions.into_iter().find(|v| self.mismatch(*v).is_none())
     }
 }
 
 impl fmt::Display for Found {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let describe = |t: &str, partitioned: bool| {
-            if !self.tables.iter().any(|have| have == t) {
-                return None;
-            }
-            Some(match t {
-                "messages" | "api_logs" => format!(
-                    "{t} ({})",
-                    if partitioned {
-                        "partitioned"
-                    } else {
-                        "not partitioned"
-                    }
-                ),
-                _ => t.to_string(),
-            })
+        let has = |t: &str| self.tables.iter().any(|have| have == t);
+        let partitioned = |t: &str, p: bool| {
+            format!(
+                "{t} ({})",
+                if p { "partitioned" } else { "not partitioned" }
+            )
         };
         let tables: Vec<String> = [
-            describe("tenants", false),
-            describe("conversations", false),
-            describe("messages", self.messages_partitioned),
-            describe("api_logs", self.api_logs_partitioned),
+            has("tenants").then(|| "tenants".to_string()),
+            has("conversations").then(|| "conversations".to_string()),
+            has("messages").then(|| partitioned("messages", self.messages_partitioned)),
+            has("api_logs").then(|| partitioned("api_logs", self.api_logs_partitioned)),
         ]
         .into_iter()
         .flatten()
@@ -145,52 +133,50 @@ impl fmt::Display for Found {
     }
 }
 
-pub(crate) fn table_exists(client: &mut impl GenericClient, name: &str) -> Result<bool> {
-    client
-        .query_one(TABLE_EXISTS, &[&name])
+fn tenant_fk(c: &mut impl GenericClient, table: u32, tenants: u32) -> Result<bool> {
+    c.query_one(HAS_TENANT_FK, &[&table, &tenants])
         .map(|r| r.get(0))
         .map_err(|e| Error::db("inspecting the schema", e))
 }
 
-/// The tenant FK facts of one table: (a tenant FK of any name, the restored one and its index).
-fn tenant_fk_facts(client: &mut impl GenericClient, fk: &TenantFk) -> Result<(bool, bool)> {
-    let any: bool = client
-        .query_one(HAS_TENANT_FK, &[&fk.table])
-        .map(|r| r.get(0))
-        .map_err(|e| Error::db("inspecting the schema", e))?;
-    let restored = constraint_state(client, fk.table, fk.constraint)?.is_some_and(|c| c.validated)
-        && index_validity(client, fk.index)? == Some(true);
-    Ok((any, restored))
-}
-
-/// Reads what the catalog holds. Read-only.
-pub fn inspect(client: &mut impl GenericClient) -> Result<Found> {
+/// Reads what the catalog holds in `schema`. Read-only.
+pub fn inspect(c: &mut impl GenericClient, schema: &str) -> Result<Found> {
     let mut found = Found::default();
+    let mut rels = std::collections::HashMap::new();
     for t in TABLES {
-        if table_exists(client, t)? {
+        if let Some(info) = catalog::relation(c, &Relation::new(schema, t))? {
             found.tables.push(t.to_string());
+            rels.insert(t, info);
         }
     }
-    let has = |name: &str| found.tables.iter().any(|t| t == name);
-    let (tenants, messages, api_logs) = (has("tenants"), has("messages"), has("api_logs"));
-    if messages {
-        found.messages_partitioned = is_partitioned(client, "messages")?;
-        if tenants {
-            (found.messages_tenant_fk, found.messages_restored) =
-                tenant_fk_facts(client, &MESSAGES)?;
+    let tenants = rels.get("tenants").map(|r| r.oid);
+    for t in ["messages", "api_logs"] {
+        let Some(info) = rels.get(t) else { continue };
+        let partitioned = info.kind == 'p';
+        let has_fk = match tenants {
+            Some(tn) => tenant_fk(c, info.oid, tn)?,
+            None => false,
+        };
+        if t == "messages" {
+            (found.messages_partitioned, found.messages_tenant_fk) = (partitioned, has_fk);
+        } else {
+            (found.api_logs_partitioned, found.api_logs_tenant_fk) = (partitioned, has_fk);
         }
     }
-    if api_logs {
-        found.api_logs_partitioned = is_partitioned(client, "api_logs")?;
-        if tenants {
-            (found.api_logs_tenant_fk, found.api_logs_restored) =
-                tenant_fk_facts(client, &API_LOGS)?;
+    if found.tables.len() == TABLES.len() {
+        let ops: Vec<Op> = PLANS
+            .iter()
+            .flat_map(|p| p.phases.iter().flat_map(|ops| ops.iter().copied()))
+            .collect();
+        for op_plan in engine::plan(c, schema, &ops)? {
+            if op_plan.is_done() {
+                found.in_place.push(op_plan.id);
+            }
         }
     }
-    if table_exists(client, "_prisma_migrations")? {
+    if catalog::table_exists(c, &Relation::new(schema, "_prisma_migrations"))? {
         found.prisma_finished = Some(
-            client
-                .query(PRISMA_FINISHED, &[])
+            c.query(PRISMA_FINISHED, &[])
                 .map_err(|e| Error::db("reading _prisma_migrations", e))?
                 .into_iter()
                 .map(|r| r.get(0))

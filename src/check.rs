@@ -1,25 +1,31 @@
-//! `check`: the spec's check_orphaned_data. Orphan counts per table, the status of both tenant
-//! constraints and indexes, and the partition layout. Read-only.
+//! `check`: the spec's check_orphaned_data, for every declared rule and operation. Rows each
+//! pre-flight rule would refuse, the state of every declared constraint and index (by the
+//! engine's own planning, so `check` and `migrate` never disagree), and the partition layout.
+//! Read-only.
 
 use postgres::GenericClient;
 use serde::Serialize;
 
+use crate::catalog;
+use crate::engine::{self, Action, OpPlan};
 use crate::error::{Error, Result};
-use crate::online::{constraint_state, index_validity, is_partitioned};
-use crate::orphans::{self, TableOrphans};
-use crate::tenant_fk::ALL;
-use crate::verify::{constraint_problems, index_problems};
+use crate::findings::RuleCount;
+use crate::plan::{self, Op, PLANS};
+use crate::preflight;
+use crate::sql::Relation;
 
+/// The state of one declared operation.
 #[derive(Clone, Debug, Serialize)]
-pub struct ConstraintStatus {
+pub struct OpStatus {
+    pub id: String,
+    pub kind: String,
     pub table: String,
-    pub constraint: String,
-    pub present: bool,
-    pub validated: bool,
-    pub index: String,
-    /// `None` when the index does not exist.
-    pub index_valid: Option<bool>,
-    /// Everything that differs from the restored end state, on the parent and the partitions.
+    /// `valid`, `MISSING`, `NOT VALID`, `INVALID`, `INCOMPLETE` or `CONFLICT`.
+    pub state: String,
+    pub partitions: usize,
+    /// Partitions (or the table) with nothing left to do.
+    pub partitions_done: usize,
+    /// Everything that differs from the declaration.
     pub problems: Vec<String>,
 }
 
@@ -37,21 +43,35 @@ pub struct PartitionLayout {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
-    pub orphans: Vec<TableOrphans>,
-    pub constraints: Vec<ConstraintStatus>,
+    pub schema: String,
+    /// Rows whose tenant does not exist: messages, then api_logs.
+    pub orphans: Vec<RuleCount>,
+    /// Messages whose tenant is not their conversation's.
+    pub cross_tenant: Vec<RuleCount>,
+    pub operations: Vec<OpStatus>,
     pub layout: Vec<PartitionLayout>,
 }
 
 impl CheckReport {
+    /// Rows any pre-flight rule would refuse.
     pub fn orphan_total(&self) -> i64 {
-        self.orphans.iter().map(|t| t.count).sum()
+        self.orphans
+            .iter()
+            .chain(&self.cross_tenant)
+            .map(|t| t.count)
+            .sum()
     }
 
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for t in &self.orphans {
+        for t in self.orphans.iter().chain(&self.cross_tenant) {
+            let label = if t.rule == plan::CROSS_TENANT_MESSAGES.id {
+                "cross-tenant"
+            } else {
+                "orphans"
+            };
             out.push(format!(
-                "orphans    {:<9} {:>10}{}",
+                "{label:<12} {:<9} {:>10}{}",
                 t.table,
                 t.count,
                 if t.sample_ids.is_empty() {
@@ -61,29 +81,20 @@ impl CheckReport {
                 }
             ));
         }
-        for c in &self.constraints {
-            let state = match (c.present, c.validated) {
-                (false, _) => "MISSING",
-                (true, false) => "NOT VALID",
-                (true, true) => "valid",
-            };
-            let index = match c.index_valid {
-                None => "MISSING",
-                Some(false) => "INVALID",
-                Some(true) => "valid",
-            };
+        for o in &self.operations {
             out.push(format!(
-                "constraint {:<9} {} {state}; index {} {index}",
-                c.table, c.constraint, c.index
+                "{:<12} {:<13} {} {} ({} of {} partition(s) done)",
+                o.kind, o.table, o.id, o.state, o.partitions_done, o.partitions
             ));
-            for p in &c.problems {
-                out.push(format!("           {:<9} - {p}", c.table));
+            for p in &o.problems {
+                out.push(format!("{:<12} {:<13} - {p}", "", o.table));
             }
         }
         for l in &self.layout {
             if l.partitioned {
                 out.push(format!(
-                    "layout     {:<9} {} partitions ({} .. {}), default partition {} with {} rows",
+                    "{:<12} {:<13} {} partitions ({} .. {}), default partition {} with {} rows",
+                    "layout",
                     l.table,
                     l.partitions,
                     l.first.as_deref().unwrap_or("-"),
@@ -92,85 +103,134 @@ impl CheckReport {
                     l.default_rows
                 ));
             } else {
-                out.push(format!("layout     {:<9} not partitioned", l.table));
+                out.push(format!("{:<12} {:<13} not partitioned", "layout", l.table));
             }
         }
         out
     }
 }
 
-const TABLE_EXISTS: &str = "SELECT to_regclass($1) IS NOT NULL";
-const PARTITIONS: &str = "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' \
-     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-     WHERE i.inhparent = $1::text::regclass ORDER BY c.relname";
+/// The state word of a planned operation.
+fn state(plan: &OpPlan) -> &'static str {
+    let has = |steps: &[engine::Step], a: Action| steps.iter().any(|s| s.action == a);
+    if !plan.conflicts.is_empty() {
+        "CONFLICT"
+    } else if plan.is_done() {
+        "valid"
+    } else if plan.leaves_done == 0 && (has(&plan.after, Action::Adopt) || plan.parent_not_valid) {
+        "MISSING"
+    } else if has(&plan.after, Action::ValidateParent) {
+        "NOT VALID"
+    } else if has(&plan.before, Action::CreateOnOnly) && plan.leaves_done == 0 {
+        "MISSING"
+    } else if plan
+        .items
+        .iter()
+        .flat_map(|i| &i.steps)
+        .any(|s| s.action == Action::DropInvalid)
+        && !plan.partitioned
+    {
+        "INVALID"
+    } else if !plan.partitioned {
+        "MISSING"
+    } else {
+        "INCOMPLETE"
+    }
+}
 
-pub fn check(client: &mut impl GenericClient) -> Result<CheckReport> {
-    for fk in ALL {
-        let exists: bool = client
-            .query_one(TABLE_EXISTS, &[&fk.table])
-            .map_err(|e| Error::db("looking for the schema", e))?
-            .get(0);
-        if !exists {
-            return Err(Error::Inconsistent {
-                what: "the database".into(),
-                detail: format!(
-                    "it has no {} table: run `meta-chat-migrate migrate` first",
-                    fk.table
-                ),
+/// What a planned operation still lacks, as lines.
+pub(crate) fn problems(plan: &OpPlan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .conflicts
+        .iter()
+        .map(|c| format!("{} is {}, expected {}", c.object, c.found, c.expected))
+        .collect();
+    if !plan.items.is_empty() {
+        let names: Vec<String> = plan
+            .items
+            .iter()
+            .take(5)
+            .map(|i| i.relation.plain())
+            .collect();
+        out.push(format!(
+            "{} of {} partition(s) lack it: {}{}",
+            plan.items.len(),
+            plan.partitions,
+            names.join(", "),
+            if plan.items.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    out.extend(
+        plan.before
+            .iter()
+            .chain(&plan.after)
+            .map(|s| format!("still to do: {}", s.id)),
+    );
+    out
+}
+
+pub fn check(c: &mut impl GenericClient, schema: &str) -> Result<CheckReport> {
+    for t in plan::TABLES {
+        if !catalog::table_exists(c, &Relation::new(schema, t))? {
+            return Err(Error::MissingTable {
+                table: format!("{schema}.{t}"),
+                needed_by: "check".into(),
             });
         }
     }
     let mut report = CheckReport {
+        schema: schema.to_string(),
         orphans: Vec::new(),
-        constraints: Vec::new(),
+        cross_tenant: Vec::new(),
+        operations: Vec::new(),
         layout: Vec::new(),
     };
-    for fk in ALL {
-        report.orphans.push(orphans::count(client, fk)?);
-        let state = constraint_state(client, fk.table, fk.constraint)?;
-        let mut problems = constraint_problems(client, fk)?;
-        problems.extend(index_problems(client, fk)?);
-        report.constraints.push(ConstraintStatus {
-            table: fk.table.into(),
-            constraint: fk.constraint.into(),
-            present: state.is_some(),
-            validated: state.is_some_and(|s| s.validated),
-            index: fk.index.into(),
-            index_valid: index_validity(client, fk.index)?,
-            problems,
+    for rule in [&plan::ORPHANED_MESSAGES, &plan::ORPHANED_API_LOGS] {
+        report.orphans.push(preflight::count(c, rule, schema)?);
+    }
+    report
+        .cross_tenant
+        .push(preflight::count(c, &plan::CROSS_TENANT_MESSAGES, schema)?);
+    let ops: Vec<Op> = PLANS
+        .iter()
+        .flat_map(|p| p.phases.iter().flat_map(|ops| ops.iter().copied()))
+        .collect();
+    for p in engine::plan(c, schema, &ops)? {
+        report.operations.push(OpStatus {
+            id: p.id.to_string(),
+            kind: p.kind.to_string(),
+            table: p.table.name.as_str().to_string(),
+            state: state(&p).to_string(),
+            partitions: p.partitions,
+            partitions_done: p.leaves_done,
+            problems: problems(&p),
         });
-        report.layout.push(layout(client, fk.table)?);
+    }
+    for t in ["messages", "api_logs"] {
+        report.layout.push(layout(c, &Relation::new(schema, t))?);
     }
     Ok(report)
 }
 
-fn layout(client: &mut impl GenericClient, table: &str) -> Result<PartitionLayout> {
-    let partitioned = is_partitioned(client, table)?;
-    let parts: Vec<(String, bool)> = client
-        .query(PARTITIONS, &[&table])
-        .map_err(|e| Error::db(format!("listing partitions of {table}"), e))?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let default_partition = parts.iter().find(|(_, d)| *d).map(|(n, _)| n.clone());
-    let ranged: Vec<&String> = parts.iter().filter(|(_, d)| !*d).map(|(n, _)| n).collect();
-    let default_rows = match &default_partition {
-        Some(name) => client
-            .query_one(
-                &format!("SELECT count(*) FROM {}", crate::db::quote_ident(name)),
-                &[],
-            )
-            .map_err(|e| Error::db(format!("counting rows of {name}"), e))?
+fn layout(c: &mut impl GenericClient, table: &Relation) -> Result<PartitionLayout> {
+    let nodes = catalog::tree(c, table)?.unwrap_or_default();
+    let parts: Vec<&catalog::Node> = nodes.iter().filter(|n| n.level == 1).collect();
+    let default = parts.iter().find(|n| n.is_default());
+    let ranged: Vec<&&catalog::Node> = parts.iter().filter(|n| !n.is_default()).collect();
+    let default_rows = match default {
+        Some(d) => c
+            .query_one(&format!("SELECT count(*) FROM {}", d.rel), &[])
+            .map_err(|e| Error::db(format!("counting rows of {}", d.rel.plain()), e))?
             .get(0),
         None => 0,
     };
     Ok(PartitionLayout {
-        table: table.into(),
-        partitioned,
+        table: table.name.as_str().to_string(),
+        partitioned: nodes.first().is_some_and(|n| !n.is_leaf()),
         partitions: parts.len(),
-        first: ranged.first().map(|s| s.to_string()),
-        last: ranged.last().map(|s| s.to_string()),
-        default_partition,
+        first: ranged.first().map(|n| n.rel.name.as_str().to_string()),
+        last: ranged.last().map(|n| n.rel.name.as_str().to_string()),
+        default_partition: default.map(|n| n.rel.name.as_str().to_string()),
         default_rows,
     })
 }

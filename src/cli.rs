@@ -92,6 +92,12 @@ pub struct MigrateArgs {
     /// How long to wait for the migration lock [default: as long as a live runner holds it]
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     lock_wait: Option<Duration>,
+    /// Print what migrate would do (versions, steps, locks, pre-flight rows) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report (or the plan, with --dry-run) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs the parsed command; the `Ok` value is the exit code.
@@ -112,13 +118,26 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
             settings.lock_timeout = args.lock_timeout;
             settings.lock_retries = args.lock_retries;
             settings.lock_wait = args.lock_wait;
+            if args.dry_run {
+                let plan = crate::plan(&settings)?;
+                if args.json {
+                    print_json(&plan);
+                } else {
+                    plan.lines().iter().for_each(|l| out!("{l}"));
+                }
+                return Ok(exit::SUCCESS);
+            }
             let report = crate::migrate(&settings)?;
-            out!(
-                "{}: at version {} ({} migration(s) applied)",
-                report.database,
-                report.to.map_or("none".into(), |v| v.to_string()),
-                report.applied.len()
-            );
+            if args.json {
+                print_json(&report);
+            } else {
+                out!(
+                    "{}: at version {} ({} migration(s) applied)",
+                    report.database,
+                    report.to.map_or("none".into(), |v| v.to_string()),
+                    report.applied.len()
+                );
+            }
             Ok(exit::SUCCESS)
         }
         Command::Status(a) => {

@@ -7,14 +7,10 @@ mod files {
     refinery::embed_migrations!("migrations");
 }
 
-/// Baseline schema: tables unpartitioned, every tenant FK in place.
-pub const BASELINE: i64 = 20240101000000;
-/// Monthly partitioning of messages and api_logs; loses both tenant FKs (the bug).
-pub const PARTITIONED: i64 = 20240520120000;
-/// Restores `messages_tenant_id_fkey` (ON DELETE CASCADE) and `messages_tenant_id_idx`.
-pub const RESTORE_MESSAGES_TENANT_FK: i64 = 20251121000002;
-/// Restores `api_logs_tenant_id_fkey` (ON DELETE SET NULL) and `api_logs_tenant_id_idx`.
-pub const RESTORE_API_LOGS_TENANT_FK: i64 = 20251121000003;
+pub use crate::plan::{
+    BASELINE, PARTITIONED, RESTORE_API_LOGS_TENANT_FK, RESTORE_MESSAGES_TENANT_FK,
+    TENANT_CONSISTENT_MESSAGES,
+};
 
 /// refinery's runner over the embedded migrations.
 pub fn runner() -> refinery::Runner {
@@ -46,7 +42,8 @@ mod tests {
                 BASELINE,
                 PARTITIONED,
                 RESTORE_MESSAGES_TENANT_FK,
-                RESTORE_API_LOGS_TENANT_FK
+                RESTORE_API_LOGS_TENANT_FK,
+                TENANT_CONSISTENT_MESSAGES
             ]
         );
     }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::orphans::OrphanReport;
+use crate::findings::Findings;
+use crate::interrupt::Reason;
 
 /// Exit codes of `meta-chat-migrate` (also in `--help` and the README).
 pub mod exit {
@@ -57,8 +58,9 @@ pub enum Error {
         blockers: Vec<i32>,
     },
 
+    /// Rows that would violate a foreign key about to go on (`--orphans refuse`).
     #[error("{0}")]
-    Orphans(OrphanReport),
+    Orphans(Findings),
 
     #[error("the database has applied migration {version} ({name}) that this build of meta-chat-migrations does not know; run a newer meta-chat-migrate (or the one that applied it)")]
     UnknownVersion { version: i64, name: String },
@@ -90,11 +92,40 @@ pub enum Error {
         found: String,
     },
 
-    #[error("{what} is not in the state the runner expects: {detail}")]
-    Inconsistent { what: String, detail: String },
+    #[error("--baseline {version}: {detail}")]
+    BaselineNotApplicable { version: i64, detail: String },
 
-    #[error("{failed} of 7 validation assertions failed: {names}")]
-    VerifyFailed { failed: usize, names: String },
+    #[error("the migration history is not in the state the runner expects: version {version} ({name}) is not applied but the later version {later} is; restore the history table or apply it by hand")]
+    HistoryGap {
+        version: i64,
+        name: String,
+        later: i64,
+    },
+
+    #[error("table {table} is not in the state the runner expects: {detail}; nothing was changed")]
+    Layout { table: String, detail: String },
+
+    #[error("table {table} does not exist, but {needed_by} needs it: run `meta-chat-migrate migrate` (or check --schema)")]
+    MissingTable { table: String, needed_by: String },
+
+    /// Objects of a declared name that are not what is declared; refused before any change.
+    #[error("{}; drop or rename what is in the way, then run migrate again; nothing was changed", fmt_conflicts(.conflicts))]
+    Conflict {
+        conflicts: Vec<crate::engine::Conflict>,
+    },
+
+    #[error("{step}: {cause}; rows that violate it appeared after the pre-flight: run migrate again (with --orphans archive or delete to clean them)")]
+    NewViolations { step: String, cause: String },
+
+    #[error("{op} is not in place after the run (left: {}); a partition was probably added during the run: run migrate again", .remaining.join(", "))]
+    NotInPlace { op: String, remaining: Vec<String> },
+
+    #[error("{failed} of {total} validation assertions failed or could not run: {names}")]
+    VerifyFailed {
+        failed: usize,
+        total: usize,
+        names: String,
+    },
 
     #[error("refinery: {0}")]
     Refinery(String),
@@ -102,7 +133,7 @@ pub enum Error {
     /// The run was stopped: by a signal, by the application, or because the connection holding
     /// the migration lock was lost.
     #[error("{}", interrupted_message(.reason))]
-    Interrupted { reason: crate::interrupt::Reason },
+    Interrupted { reason: Reason },
 
     #[error("{target} is read-only: {why}; nothing was changed")]
     ReadOnly { target: String, why: String },
@@ -130,8 +161,15 @@ fn connect_advice(sqlstate: Option<&str>) -> &'static str {
     }
 }
 
-fn interrupted_message(reason: &crate::interrupt::Reason) -> String {
-    use crate::interrupt::Reason;
+fn fmt_conflicts(conflicts: &[crate::engine::Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| format!("{} is {}, expected {}", c.object, c.found, c.expected))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn interrupted_message(reason: &Reason) -> String {
     match reason {
         Reason::LockLost(why) => format!("lost the migration lock ({why}): every statement of this run was cancelled so that no other runner races it; run migrate again to finish"),
         other => format!("interrupted by {other}: every statement of this run was cancelled on the server and the migration lock released; run migrate again to finish"),
@@ -158,14 +196,23 @@ impl Error {
             Error::Orphans(_) => exit::ORPHANS,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
             Error::Interrupted {
-                reason: crate::interrupt::Reason::Signal { number, .. },
+                reason: Reason::Signal { number, .. },
             } => exit::SIGNAL_BASE + number,
             _ => exit::FAILURE,
         }
     }
 
-    pub(crate) fn interrupted(reason: crate::interrupt::Reason) -> Error {
+    pub(crate) fn interrupted(reason: Reason) -> Error {
         Error::Interrupted { reason }
+    }
+
+    /// A database error without a driver error behind it.
+    pub(crate) fn db_message(context: impl Into<String>, cause: impl Into<String>) -> Error {
+        Error::Database {
+            context: context.into(),
+            sqlstate: None,
+            cause: cause.into(),
+        }
     }
 
     /// Wraps a driver error with what the runner was doing. The driver's message is flattened
@@ -218,6 +265,12 @@ pub fn describe_pg_error(err: &postgres::Error) -> String {
 /// The SQLSTATE of a driver error, if the server sent one.
 pub fn sqlstate(err: &postgres::Error) -> Option<&str> {
     err.as_db_error().map(|db| db.code().code())
+}
+
+impl From<Reason> for Error {
+    fn from(reason: Reason) -> Self {
+        Error::Interrupted { reason }
+    }
 }
 
 impl From<refinery::Error> for Error {

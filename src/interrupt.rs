@@ -17,8 +17,6 @@ use std::time::Duration;
 use postgres::CancelToken;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{Error, Result};
-
 /// Why a run was stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -114,16 +112,17 @@ impl Interrupt {
         self.0.state.lock().unwrap().reason.clone()
     }
 
-    /// `Err(Error::Interrupted)` once triggered: called before every statement of a run.
-    pub(crate) fn check(&self) -> Result<()> {
+    /// `Err(reason)` once triggered: called before every statement of a run (`?` turns it into
+    /// `Error::Interrupted`).
+    pub(crate) fn check(&self) -> Result<(), Reason> {
         match self.reason() {
             None => Ok(()),
-            Some(reason) => Err(Error::interrupted(reason)),
+            Some(reason) => Err(reason),
         }
     }
 
     /// Sleeps for `d`, or less if the run is interrupted meanwhile (then `Err`).
-    pub(crate) fn sleep(&self, d: Duration) -> Result<()> {
+    pub(crate) fn sleep(&self, d: Duration) -> Result<(), Reason> {
         let state = self.0.state.lock().unwrap();
         let (state, _) = self
             .0
@@ -132,7 +131,7 @@ impl Interrupt {
             .unwrap();
         match &state.reason {
             None => Ok(()),
-            Some(reason) => Err(Error::interrupted(reason.clone())),
+            Some(reason) => Err(reason.clone()),
         }
     }
 
@@ -183,10 +182,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         i.trigger(Reason::Requested);
         i.trigger(Reason::LockLost("x".into()));
-        assert!(matches!(
-            sleeper.join().unwrap(),
-            Err(Error::Interrupted { .. })
-        ));
+        assert_eq!(sleeper.join().unwrap(), Err(Reason::Requested));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(i.reason(), Some(Reason::Requested));
         assert!(i.check().is_err());

@@ -12,28 +12,33 @@
 //! # Ok::<(), meta_chat_migrations::Error>(())
 //! ```
 //!
-//! Modules, one concept each: [`config`] (what a run is given), [`db`] (connections, advisory
-//! lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`] (applied vs
-//! embedded), [`adopt`] (databases migrated by something else), [`tenant_fk`] (the two restored constraints), [`tls`] (sslmode), [`orphans`] (pre-flight and
-//! policies), [`online`] (the non-blocking restore), [`migrate`], [`check`], [`verify`] (the
-//! spec's seven assertions) and [`error`].
+//! Modules, one concept each: [`config`] (what a run is given), [`db`] (connections, the
+//! migration lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`]
+//! (applied vs embedded), [`plan`] (what each version declares), [`engine`] (the online work),
+//! [`catalog`] (every catalog query), [`sql`] (identifiers and statements), [`preflight`]
+//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`tls`],
+//! [`migrate`], [`dryrun`], [`check`], [`verify`], [`interrupt`] and [`error`].
 
 pub mod adopt;
+pub mod catalog;
 pub mod check;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub(crate) mod conninfo;
 pub mod db;
+pub mod dryrun;
 pub mod embedded;
+pub mod engine;
 pub mod error;
+pub mod findings;
 pub mod history;
 pub mod interrupt;
 pub mod migrate;
-pub mod online;
-pub mod orphans;
+pub mod plan;
+pub mod preflight;
 pub(crate) mod schema;
-pub mod tenant_fk;
+pub mod sql;
 pub mod tls;
 pub mod verify;
 
@@ -56,11 +61,18 @@ pub fn status(settings: &Settings) -> Result<history::Status> {
 /// `check`: orphan counts, constraint status and partition layout. Read-only.
 pub fn check(settings: &Settings) -> Result<check::CheckReport> {
     let mut conn = db::connect_with_wait(settings)?;
-    check::check(conn.client())
+    check::check(conn.client(), &settings.schema)
 }
 
-/// `verify`: the spec's seven assertions, inside a transaction that is rolled back.
+/// `verify`: the spec's seven assertions and this crate's own, inside a transaction that is
+/// rolled back.
 pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
     let mut conn = db::connect_with_wait(settings)?;
-    verify::verify(&mut conn)
+    verify::verify(conn.client(), &settings.schema)
+}
+
+/// `migrate --dry-run`: what `migrate` would do, read from the catalog. Changes nothing and never
+/// waits for the migration lock.
+pub fn plan(settings: &Settings) -> Result<dryrun::MigratePlan> {
+    dryrun::plan(settings)
 }

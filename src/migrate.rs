@@ -1,26 +1,33 @@
-//! `migrate`: the order of work. Connect (waiting for the server), take the advisory lock,
-//! compare the history with the embedded migrations, then apply each pending version in its own
-//! transaction (the migration and its history row commit together). Before the first tenant FK
-//! version, the orphan pre-flight; before each tenant FK version, the online restore, so the
-//! versioned SQL finds everything in place.
+//! `migrate`: the order of work. Connect (waiting for the server), take the migration lock,
+//! compare the history with the embedded migrations, then apply the pending versions in order,
+//! each in its own transaction with its history row.
+//!
+//! Consecutive pending versions that declare online work ([`crate::plan`]) form a batch: their
+//! declarations are checked against the catalog and their pre-flight rules run before anything
+//! of the batch changes, then the engine runs phase by phase (the operations of one phase, across
+//! the batch's versions, share one queue), and then refinery applies each version, whose SQL
+//! finds everything in place and only records itself.
 
 use postgres::Client;
 use refinery::Target;
 use serde::Serialize;
 
 use crate::adopt;
+use crate::catalog;
 use crate::config::{DbTarget, Settings};
 use crate::db::{self, BlockerWatch, Conn, LockPolicy, MigrationLock};
 use crate::embedded;
+use crate::engine::{self, OpReport};
 use crate::error::{Error, Result};
-use crate::history::{self, Entry};
-use crate::online::{self, OnlineReport};
-use crate::orphans::{self, Resolved};
-use crate::tenant_fk::{self, TenantFk};
+use crate::history::{self, Entry, Status};
+use crate::plan::{self, Op, Rule, VersionPlan};
+use crate::preflight::{self, Resolved};
+use crate::sql::Relation;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct MigrateReport {
     pub database: DbTarget,
+    pub schema: String,
     /// The version the database was at before this run.
     pub from: Option<i64>,
     /// The version it is at now.
@@ -29,22 +36,21 @@ pub struct MigrateReport {
     pub baseline: Option<i64>,
     pub applied: Vec<Entry>,
     pub orphans_resolved: Vec<Resolved>,
-    pub online: Vec<OnlineReport>,
+    pub online: Vec<OpReport>,
+}
+
+impl MigrateReport {
+    /// The report of the online operation `id` (a constraint or index name).
+    pub fn op(&self, id: &str) -> Option<&OpReport> {
+        self.online.iter().find(|r| r.id == id)
+    }
 }
 
 /// Does everything `meta-chat-migrate migrate` does. Safe to call from every replica of an
 /// application at boot: runners serialise on an advisory lock and apply each version once.
 pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
     let target = settings.target()?;
-    ensure_known("--target", settings.target)?;
-    ensure_known("--baseline", settings.baseline)?;
-    if settings.jobs == 0 {
-        return Err(Error::Usage {
-            what: "--jobs",
-            value: "0".into(),
-            reason: "at least one connection is needed".into(),
-        });
-    }
+    validate(settings)?;
     log::info!(
         "meta-chat-migrate {}: migrating schema {} of {target}",
         env!("CARGO_PKG_VERSION"),
@@ -61,6 +67,20 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         (Err(_), Some(reason)) => Err(Error::interrupted(reason)),
         (other, _) => other,
     }
+}
+
+/// Flags that name versions or counts this build cannot take.
+pub(crate) fn validate(settings: &Settings) -> Result<()> {
+    ensure_known("--target", settings.target)?;
+    ensure_known("--baseline", settings.baseline)?;
+    if settings.jobs == 0 {
+        return Err(Error::Usage {
+            what: "--jobs",
+            value: "0".into(),
+            reason: "at least one connection is needed".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Connects (waiting for the server), refuses a transaction-mode pooler and a read-only
@@ -103,11 +123,11 @@ fn ensure_known(flag: &'static str, version: Option<i64>) -> Result<()> {
 /// record if it has the schema and `--baseline` matches it, an error that says what was found
 /// otherwise. Changes nothing.
 fn adoption(settings: &Settings, client: &mut Client) -> Result<Option<i64>> {
-    let found = adopt::inspect(client)?;
+    let found = adopt::inspect(client, &settings.schema)?;
     if !found.has_schema() {
         return match settings.baseline {
-            Some(_) => Err(Error::Inconsistent {
-                what: "--baseline".into(),
+            Some(v) => Err(Error::BaselineNotApplicable {
+                version: v,
                 detail:
                     "the database has none of the platform's tables: run migrate without --baseline"
                         .into(),
@@ -134,21 +154,18 @@ fn adoption(settings: &Settings, client: &mut Client) -> Result<Option<i64>> {
     }
 }
 
-fn migrate_locked(
+/// The baseline to record (if any) and the versions to apply, in order. Read-only.
+pub(crate) fn pending(
     settings: &Settings,
-    main: &mut Conn,
-    lock: &MigrationLock,
-    database: DbTarget,
-) -> Result<MigrateReport> {
-    let client = main.client();
-    let status = history::status(client)?;
-    status.ensure_consistent()?;
+    client: &mut Client,
+    status: &Status,
+) -> Result<(Option<i64>, Vec<Entry>)> {
     let from = status.current();
     let baseline = if status.applied.is_empty() {
         adoption(settings, client)?
-    } else if settings.baseline.is_some() {
-        return Err(Error::Inconsistent {
-            what: "--baseline".into(),
+    } else if let Some(v) = settings.baseline {
+        return Err(Error::BaselineNotApplicable {
+            version: v,
             detail: format!(
                 "the database already has a migration history (at version {}); --baseline is only for a database with none",
                 from.unwrap_or_default()
@@ -166,115 +183,216 @@ fn migrate_locked(
         .collect();
     if let (Some(first), Some(current)) = (pending.first(), from) {
         if first.version < current {
-            return Err(Error::Inconsistent {
-                what: "the migration history".into(),
-                detail: format!(
-                    "version {} ({}) is not applied but the later version {current} is; restore the history table or apply it by hand",
-                    first.version, first.name
-                ),
+            return Err(Error::HistoryGap {
+                version: first.version,
+                name: first.name.clone(),
+                later: current,
             });
         }
     }
-    let mut report = MigrateReport {
-        database,
-        from,
-        to: from,
-        baseline,
-        applied: Vec::new(),
-        orphans_resolved: Vec::new(),
-        online: Vec::new(),
-    };
-    let pending_fks: Vec<&TenantFk> = pending
-        .iter()
-        .filter_map(|e| tenant_fk::for_version(e.version))
-        .collect();
-    let mut preflight_done = false;
-    // Where the tables already exist, the orphan pre-flight comes before any change (a refusal
-    // then changes nothing, not even a baseline); on a fresh database it comes once the tables
-    // exist, before the first tenant FK version.
-    if !pending_fks.is_empty() && all_tables_exist(client, &pending_fks)? {
-        report.orphans_resolved = preflight(settings, client, &pending_fks)?;
-        preflight_done = true;
-    }
-    if let Some(b) = baseline {
-        embedded::runner()
-            .set_target(Target::FakeVersion(b))
-            .run(client)
-            .map_err(Error::from)?;
-        log::info!("recorded the versions up to {b} as applied (baseline), without running them");
-        report.to = Some(b);
-    }
-    if pending.is_empty() {
-        log::info!(
-            "database is at version {}: nothing to apply",
-            report.to.map_or("none".into(), |v| v.to_string())
-        );
-        return Ok(report);
-    }
-
-    let watch = lock.watch();
-    let pid = main.pid();
-    let policy = LockPolicy::of(settings);
-    let mut restored = false;
-    for entry in &pending {
-        if tenant_fk::for_version(entry.version).is_some() && !restored {
-            // Before the first tenant FK version: their online restore in one pass, so each
-            // versioned migration then only records itself.
-            if !preflight_done {
-                report.orphans_resolved = preflight(settings, main.client(), &pending_fks)?;
-                preflight_done = true;
-            }
-            report.online = online::restore(settings, main, watch, &pending_fks)?;
-            restored = true;
-        }
-        apply_one(main.client(), pid, watch, &policy, entry)?;
-        report.applied.push(entry.clone());
-        report.to = Some(entry.version);
-    }
-    log::info!(
-        "database is at version {} ({} migration(s) applied)",
-        report.to.unwrap_or_default(),
-        report.applied.len()
-    );
-    Ok(report)
+    Ok((baseline, pending))
 }
 
-fn all_tables_exist(client: &mut Client, fks: &[&TenantFk]) -> Result<bool> {
-    for table in fks.iter().map(|fk| fk.table).chain(["tenants"]) {
-        if !adopt::table_exists(client, table)? {
+/// Consecutive pending versions, grouped: a run of versions with online work, or one without.
+pub(crate) struct Batch {
+    pub versions: Vec<Entry>,
+    pub plans: Vec<&'static VersionPlan>,
+}
+
+impl Batch {
+    pub fn online(&self) -> bool {
+        !self.plans.is_empty()
+    }
+
+    /// The operations of phase `k` across the batch's versions.
+    pub fn phase(&self, k: usize) -> Vec<Op> {
+        self.plans
+            .iter()
+            .filter_map(|p| p.phases.get(k))
+            .flat_map(|ops| ops.iter().copied())
+            .collect()
+    }
+
+    pub fn phases(&self) -> usize {
+        self.plans.iter().map(|p| p.phases.len()).max().unwrap_or(0)
+    }
+
+    /// Every table the batch's operations and rules touch.
+    fn tables(&self) -> Vec<&'static str> {
+        let mut t: Vec<&'static str> = self
+            .plans
+            .iter()
+            .flat_map(|p| {
+                p.phases
+                    .iter()
+                    .flat_map(|ops| ops.iter().map(|o| o.table()))
+            })
+            .chain(
+                self.plans
+                    .iter()
+                    .flat_map(|p| p.rules.iter().map(|r| r.fk.references)),
+            )
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
+pub(crate) fn batches(pending: &[Entry]) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    for entry in pending {
+        let plan = plan::of(entry.version);
+        match (out.last_mut(), plan) {
+            (Some(b), Some(p)) if b.online() => {
+                b.versions.push(entry.clone());
+                b.plans.push(p);
+            }
+            _ => out.push(Batch {
+                versions: vec![entry.clone()],
+                plans: plan.into_iter().collect(),
+            }),
+        }
+    }
+    out
+}
+
+pub(crate) fn tables_exist(c: &mut Client, schema: &str, batch: &Batch) -> Result<bool> {
+    for t in batch.tables() {
+        if !catalog::table_exists(c, &Relation::new(schema, t))? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// The orphan pre-flight for the FKs not already in place.
-fn preflight(settings: &Settings, client: &mut Client, fks: &[&TenantFk]) -> Result<Vec<Resolved>> {
-    let mut unfinished = Vec::new();
-    for fk in fks {
-        if !online::constraint_exists_validated(client, fk)? {
-            unfinished.push(*fk);
+/// The layout each version expects, then every declaration against the catalog (conflicts are
+/// refused), then the rules whose foreign key is not in place yet. Read-only.
+pub(crate) fn rules_to_run(
+    c: &mut Client,
+    schema: &str,
+    batch: &Batch,
+) -> Result<Vec<&'static Rule>> {
+    for p in &batch.plans {
+        for t in p.partitioned {
+            let rel = Relation::new(schema, *t);
+            if catalog::relation(c, &rel)?.is_some_and(|r| r.kind != 'p') {
+                return Err(Error::Layout {
+                    table: t.to_string(),
+                    detail: format!("it is not partitioned, but version {} expects the monthly partitions of {}", p.version, plan::PARTITIONED),
+                });
+            }
         }
     }
-    orphans::preflight(client, settings.orphans, &unfinished)
+    let mut rules = Vec::new();
+    for k in 0..batch.phases() {
+        let plans = engine::plan(c, schema, &batch.phase(k))?;
+        engine::ensure_no_conflicts(&plans)?;
+        for p in batch.plans.iter() {
+            for rule in p.rules {
+                let fk_done = plans
+                    .iter()
+                    .any(|op| op.op == Op::ForeignKey(rule.fk) && op.is_done());
+                let fk_here = plans.iter().any(|op| op.op == Op::ForeignKey(rule.fk));
+                if fk_here && !fk_done && !rules.contains(rule) {
+                    rules.push(*rule);
+                }
+            }
+        }
+    }
+    Ok(rules)
+}
+
+fn check_and_preflight(
+    settings: &Settings,
+    c: &mut Client,
+    batch: &Batch,
+) -> Result<Vec<Resolved>> {
+    let rules = rules_to_run(c, &settings.schema, batch)?;
+    preflight::run(c, settings.orphans, &rules, &settings.schema)
+}
+
+fn migrate_locked(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
+    database: DbTarget,
+) -> Result<MigrateReport> {
+    let status = history::status(main.client())?;
+    status.ensure_consistent()?;
+    let (baseline, pending) = pending(settings, main.client(), &status)?;
+    let batches = batches(&pending);
+    let mut report = MigrateReport {
+        database,
+        schema: settings.schema.clone(),
+        from: status.current(),
+        to: status.current(),
+        baseline,
+        applied: Vec::new(),
+        orphans_resolved: Vec::new(),
+        online: Vec::new(),
+    };
+    // Where the tables already exist, the first batch's checks and pre-flight come before any
+    // change (a refusal then changes nothing, not even a baseline).
+    let mut prechecked = false;
+    if let Some(first) = batches.first().filter(|b| b.online()) {
+        if tables_exist(main.client(), &settings.schema, first)? {
+            report.orphans_resolved = check_and_preflight(settings, main.client(), first)?;
+            prechecked = true;
+        }
+    }
+    if let Some(b) = baseline {
+        embedded::runner()
+            .set_target(Target::FakeVersion(b))
+            .run(main.client())
+            .map_err(Error::from)?;
+        log::info!("recorded the versions up to {b} as applied (baseline), without running them");
+        report.to = Some(b);
+    }
+    let policy = LockPolicy::of(settings);
+    for (i, batch) in batches.iter().enumerate() {
+        if batch.online() {
+            if !(i == 0 && prechecked) {
+                let resolved = check_and_preflight(settings, main.client(), batch)?;
+                report.orphans_resolved.extend(resolved);
+            }
+            for k in 0..batch.phases() {
+                let plans = engine::plan(main.client(), &settings.schema, &batch.phase(k))?;
+                report
+                    .online
+                    .extend(engine::run(settings, main, lock.watch(), plans)?);
+            }
+        }
+        for entry in &batch.versions {
+            apply_one(main, lock.watch(), &policy, entry)?;
+            report.applied.push(entry.clone());
+            report.to = Some(entry.version);
+        }
+    }
+    log::info!(
+        "database is at version {} ({} migration(s) applied)",
+        report.to.map_or("none".into(), |v| v.to_string()),
+        report.applied.len()
+    );
+    Ok(report)
 }
 
 /// Applies one version with refinery: its SQL and its history row in one transaction, retried
 /// when it hits `lock_timeout`.
 fn apply_one(
-    client: &mut Client,
-    pid: i32,
+    main: &mut Conn,
     watch: &BlockerWatch,
     policy: &LockPolicy,
     entry: &Entry,
 ) -> Result<()> {
     let step = format!("migration {} ({})", entry.version, entry.name);
     log::info!("applying {step}");
+    let pid = main.pid();
     policy.run(&step, pid, watch, || {
         embedded::runner()
             .set_target(Target::Version(entry.version))
             .set_grouped(true)
-            .run(client)
+            .run(main.client())
             .map(|_| ())
             .map_err(Error::from)
     })

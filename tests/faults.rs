@@ -28,27 +28,39 @@ fn bin() -> Command {
     c
 }
 
-/// Where a kill lands: right after the runner logs a line containing the marker, or after a
-/// fixed delay.
+/// Where a kill lands: right after the runner logs a line containing any of the markers (step
+/// ids, which the runner logs at debug level as `step <id>: done`), or after a fixed delay.
 #[derive(Debug)]
 enum KillAt {
-    Line(&'static str),
+    Line(&'static [&'static str]),
     After(Duration),
 }
 
-/// One line per phase of a migrate from the baseline with data, in order.
-const PHASE_MARKERS: [&str; 11] = [
-    "migrating schema public of host=",
-    "applying migration 20240520120000",
-    "orphan pre-flight: 0 orphaned messages",
-    "messages: restoring",
-    "(3 of 74)",
-    "messages_default (",
-    "(60 of 74)",
-    "messages_tenant_id_fkey on messages: adopt the partition constraints: done",
-    "api_logs: done:",
-    "applying migration 20251121000002",
-    "applying migration 20251121000003",
+/// One point per phase of a migrate from the baseline with data, in order, found by step id
+/// (PostgreSQL 18 puts a foreign key on the parent NOT VALID first and validates it last,
+/// where older servers adopt the partitions' constraints).
+const PHASE_MARKERS: [&[&str]; 15] = [
+    &["migrating schema public of host="],
+    &["applying migration 20240520120000"],
+    &["pre-flight orphaned-messages: 0"],
+    &["step messages_tenant_id_idx:public.messages:create-on-only: done"],
+    &["step messages_tenant_id_fkey:public.messages_2024_03:validate: done"],
+    &["step messages_tenant_id_idx:public.messages_default:build: done"],
+    &["step api_logs_tenant_id_fkey:public.api_logs_2025_06:validate: done"],
+    &[
+        "step messages_tenant_id_fkey:public.messages:adopt: done",
+        "step messages_tenant_id_fkey:public.messages:validate-parent: done",
+    ],
+    &["step api_logs_tenant_id_idx:public.api_logs_2026_01:attach: done"],
+    &["step conversations_id_tenant_id_key:public.conversations:build: done"],
+    &["step messages_conversation_tenant_fkey:public.messages_2025_01:validate: done"],
+    &[
+        "step messages_conversation_tenant_fkey:public.messages:adopt: done",
+        "step messages_conversation_tenant_fkey:public.messages:validate-parent: done",
+    ],
+    &["applying migration 20251121000002"],
+    &["applying migration 20251121000003"],
+    &["applying migration 20251121000004"],
 ];
 
 /// Starts a migrate, SIGKILLs it at `at`, and returns the last line it logged. Fails if a
@@ -56,6 +68,10 @@ const PHASE_MARKERS: [&str; 11] = [
 fn migrate_and_kill(db: &TestDb, at: &KillAt) -> String {
     let mut child = bin()
         .args(["--database-url", &db.url, "migrate", "--jobs", "2"])
+        .env(
+            "RUST_LOG",
+            "info,meta_chat_migrations::engine=debug,refinery_core=warn",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -63,10 +79,10 @@ fn migrate_and_kill(db: &TestDb, at: &KillAt) -> String {
     let stderr = child.stderr.take().unwrap();
     let mut last = String::from("(nothing logged yet)");
     match at {
-        KillAt::Line(marker) => {
+        KillAt::Line(markers) => {
             let mut seen = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !seen && line.contains(marker) {
+                if !seen && markers.iter().any(|m| line.contains(m)) {
                     let _ = child.kill(); // SIGKILL
                     seen = true;
                 }
@@ -74,7 +90,7 @@ fn migrate_and_kill(db: &TestDb, at: &KillAt) -> String {
             }
             assert!(
                 seen,
-                "the runner never logged {marker:?}; last line: {last}"
+                "the runner never logged {markers:?}; last line: {last}"
             );
         }
         KillAt::After(delay) => {

@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use meta_chat_migrations::engine::Action;
 use meta_chat_migrations::{embedded, migrate};
 use postgres::Client;
 
@@ -21,19 +22,19 @@ fn the_online_end_state_equals_the_plain_one() {
     assert_eq!(online.len(), 4 * 38, "{online:#?}");
     assert!(online.contains(&"constraint messages_2025_03.messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE validated=t parent=messages".to_string()), "{online:#?}");
     assert!(online.contains(&"index \"messages_2025_03_tenantId_idx\" on messages_2025_03 valid=t parent=messages_tenant_id_idx".to_string()), "{online:#?}");
-    assert_eq!(report.online.len(), 2);
-    assert_eq!(report.online[0].partitions, 37);
-    assert_eq!(report.online[0].constraints_validated, 37);
+    // The tenant FKs and their indexes, the unique index on conversations, the composite key.
+    assert_eq!(report.online.len(), 6);
+    let fk = report.op("messages_tenant_id_fkey").unwrap();
+    let idx = report.op("messages_tenant_id_idx").unwrap();
+    assert_eq!(fk.partitions, 37);
+    assert_eq!(fk.count(Action::Validate), 37);
     // From PostgreSQL 18 the constraint goes on the parent NOT VALID in one step; before, on
     // each partition.
-    let pg18 =
-        meta_chat_migrations::online::server_version_num(&mut db.client()).unwrap() >= 180000;
-    assert_eq!(report.online[0].parent_not_valid, pg18);
-    assert_eq!(
-        report.online[0].constraints_added,
-        if pg18 { 0 } else { 37 }
-    );
-    assert_eq!(report.online[0].indexes_built, 37);
+    let pg18 = server_version(&mut db.client()) >= 180000;
+    assert_eq!(fk.parent_not_valid, pg18);
+    assert_eq!(fk.count(Action::AddNotValid), if pg18 { 1 } else { 37 });
+    assert_eq!(idx.count(Action::Build), 37);
+    assert_eq!(idx.count(Action::Attach), 37);
 }
 
 fn wait_for(c: &mut Client, sql: &str, timeout: Duration) -> bool {
@@ -148,7 +149,8 @@ fn inserts_do_not_wait_for_a_partition_validation() {
 
 /// Leaves the broken database as an interrupted run could: some partitions NOT VALID, one
 /// validated, the parent index ON ONLY with one child attached, one child index INVALID.
-fn interrupt_midway(c: &mut Client) {
+fn interrupt_midway(db: &TestDb) {
+    let mut c = db.client();
     c.batch_execute(
         "ALTER TABLE messages_2024_01 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID;
          ALTER TABLE messages_2024_02 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID;
@@ -158,15 +160,11 @@ fn interrupt_midway(c: &mut Client) {
          ALTER INDEX messages_tenant_id_idx ATTACH PARTITION \"messages_2024_03_tenantId_idx\";",
     )
     .unwrap();
-    // An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index: a failing unique build
-    // does the same.
-    let err = c
-        .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY \"messages_2024_04_tenantId_idx\" ON messages_2024_04 (\"tenantId\")")
-        .unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().code().code(), "23505");
-    assert_eq!(
-        count(c, "SELECT count(*) FROM pg_index WHERE indexrelid = '\"messages_2024_04_tenantId_idx\"'::regclass AND NOT indisvalid"),
-        1
+    interrupted_build(
+        &db.url,
+        "messages_2024_04_tenantId_idx",
+        "messages_2024_04",
+        "\"tenantId\"",
     );
 }
 
@@ -174,23 +172,27 @@ fn interrupt_midway(c: &mut Client) {
 fn a_run_resumes_from_an_interrupted_one() {
     let plain = plain_catalog();
     let db = seeded_broken();
-    interrupt_midway(&mut db.client());
+    interrupt_midway(&db);
     let before = row_counts(&mut db.client());
     let report = migrate(&db.settings()).unwrap();
     assert_eq!(tenant_catalog(&mut db.client()), plain);
     assert_eq!(row_counts(&mut db.client()), before);
-    let messages = &report.online[0];
+    let fk = report.op("messages_tenant_id_fkey").unwrap();
+    let idx = report.op("messages_tenant_id_idx").unwrap();
     assert_eq!(
-        messages.constraints_added, 35,
+        fk.count(Action::AddNotValid),
+        35,
         "two partitions already had the constraint"
     );
     assert_eq!(
-        messages.constraints_validated, 36,
+        fk.count(Action::Validate),
+        36,
         "the validated one is not validated again"
     );
-    assert_eq!(messages.invalid_indexes_dropped, 1);
+    assert_eq!(idx.count(Action::DropInvalid), 1);
     assert_eq!(
-        messages.indexes_built, 36,
+        idx.count(Action::Build),
+        36,
         "the attached one is not rebuilt"
     );
     assert_eq!(db.run(&["verify"]).status.code(), Some(0));
@@ -200,8 +202,8 @@ fn a_run_resumes_from_an_interrupted_one() {
 fn the_versioned_sql_alone_finishes_an_interrupted_online_run() {
     let plain = plain_catalog();
     let db = seeded_broken();
+    interrupt_midway(&db);
     let mut c = db.client();
-    interrupt_midway(&mut c);
     c.batch_execute(&migration_sql(embedded::RESTORE_MESSAGES_TENANT_FK))
         .unwrap();
     c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
@@ -222,8 +224,10 @@ fn adoption_alone_is_resumed_without_validating_again() {
     )
     .unwrap();
     let report = migrate(&db.settings()).unwrap();
-    assert_eq!(report.online[0].constraints_added, 0);
-    assert_eq!(report.online[0].constraints_validated, 0);
+    let fk = report.op("messages_tenant_id_fkey").unwrap();
+    assert_eq!(fk.count(Action::AddNotValid), 0);
+    assert_eq!(fk.count(Action::Validate), 0);
+    assert_eq!(fk.count(Action::Adopt), 1);
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_tenant_id_fkey' AND conparentid = (SELECT oid FROM pg_constraint WHERE conrelid = 'messages'::regclass AND conname = 'messages_tenant_id_fkey')"),
         37
@@ -240,10 +244,19 @@ fn a_conflicting_constraint_of_the_same_name_is_refused_with_a_fix() {
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
     assert!(
-        line.contains("messages_tenant_id_fkey on messages_2024_05"),
+        line.contains("constraint messages_tenant_id_fkey on public.messages_2024_05 is FOREIGN KEY (\"tenantId\") REFERENCES public.tenants(\"id\") ON UPDATE NO ACTION ON DELETE RESTRICT, expected FOREIGN KEY (\"tenantId\") REFERENCES public.tenants(\"id\") ON UPDATE NO ACTION ON DELETE CASCADE"),
         "{line}"
     );
-    assert!(line.contains("drop or rename that constraint"), "{line}");
+    assert!(line.contains("drop or rename what is in the way"), "{line}");
+    // Refused before anything changed: only the constraint the test added is there.
+    assert_eq!(
+        count(&mut db.client(), "SELECT count(*) FROM pg_constraint WHERE conname IN ('messages_tenant_id_fkey', 'api_logs_tenant_id_fkey', 'messages_conversation_tenant_fkey')"),
+        1
+    );
+    assert_eq!(
+        count(&mut db.client(), "SELECT count(*) FROM pg_class WHERE relname IN ('messages_tenant_id_idx', 'api_logs_tenant_id_idx', 'conversations_id_tenant_id_key')"),
+        0
+    );
 }
 
 /// While a validation waits for a lock (it never gives up: it does not block writes), the runner
@@ -271,7 +284,7 @@ fn a_waiting_validation_names_the_pid_it_waits_for() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(
-        log.contains("messages_tenant_id_fkey on messages_2025_03: validate: waiting")
+        log.contains("messages_tenant_id_fkey:public.messages_2025_03:validate: waiting")
             && log.contains(&format!("for a lock, held by pids [{pid}]")),
         "{log}"
     );
@@ -285,8 +298,12 @@ fn the_versioned_sql_alone_finishes_a_parent_left_not_valid() {
     let db = seeded_broken();
     let mut c = db.client();
     let not_valid_on_parent =
-        c.batch_execute(&meta_chat_migrations::tenant_fk::MESSAGES.add_sql("messages", true));
-    if meta_chat_migrations::online::server_version_num(&mut c).unwrap() < 180000 {
+        c.batch_execute(&meta_chat_migrations::plan::MESSAGES_TENANT_FK.add_sql(
+            &meta_chat_migrations::sql::Relation::new("public", "messages"),
+            "public",
+            true,
+        ));
+    if server_version(&mut c) < 180000 {
         let err = not_valid_on_parent.unwrap_err();
         let message = err.as_db_error().unwrap().message().to_string();
         assert!(message.contains("NOT VALID"), "{message}");

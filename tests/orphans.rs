@@ -92,9 +92,21 @@ fn check_reports_orphans_constraints_and_layout() {
     let out = db.run(&["check"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("orphans    messages           3"), "{text}");
-    assert!(text.contains("orphans    api_logs           2"), "{text}");
-    assert!(text.contains("messages_tenant_id_fkey MISSING"), "{text}");
+    assert!(
+        text.contains(
+            "orphans      messages           3  sample ids: ghost-m1, ghost-m2, ghost-m3"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("orphans      api_logs           2  sample ids: ghost-l1, ghost-l2"),
+        "{text}"
+    );
+    assert!(text.contains("cross-tenant messages           0"), "{text}");
+    assert!(
+        text.contains("messages_tenant_id_fkey MISSING (0 of 37 partition(s) done)"),
+        "{text}"
+    );
     assert!(text.contains("37 partitions (messages_2024_01 .. messages_2026_12), default partition messages_default with 0 rows"), "{text}");
 }
 

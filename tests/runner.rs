@@ -27,7 +27,7 @@ fn history(db: &TestDb) -> Vec<(i64, String, String)> {
 fn migrate_twice_is_a_no_op() {
     let db = TestDb::new();
     let first = meta_chat_migrations::migrate(&db.settings()).unwrap();
-    assert_eq!(first.applied.len(), 4);
+    assert_eq!(first.applied.len(), embedded::migrations().len());
     let before = history(&db);
     let catalog = tenant_catalog(&mut db.client());
     let second = meta_chat_migrations::migrate(&db.settings()).unwrap();
@@ -45,28 +45,46 @@ fn migrate_twice_is_a_no_op() {
     assert_eq!(tenant_catalog(&mut db.client()), catalog);
 }
 
+fn insert_into_2027_01(
+    c: &mut postgres::Client,
+    tenant: &str,
+    conversation: &str,
+) -> postgres::error::DbError {
+    c.execute(
+        "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+         VALUES ('m', $1, $2, 'user', 'x', '2027-01-15')",
+        &[&tenant, &conversation],
+    )
+    .unwrap_err()
+    .as_db_error()
+    .unwrap()
+    .clone()
+}
+
+/// Partitions created later with `CREATE TABLE ... PARTITION OF` enforce the keys: the tenant
+/// key (shown at 20251121000003, where it is the only key a row with an unknown tenant breaks),
+/// and the tenant-consistency key.
 #[test]
 fn a_partition_created_after_the_restore_enforces_the_fk() {
+    let setup = "CREATE TABLE messages_2027_01 PARTITION OF messages FOR VALUES FROM ('2027-01-01') TO ('2027-02-01');
+         INSERT INTO tenants (id, name) VALUES ('t', 'T'), ('u', 'U');
+         INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');";
+    let db = TestDb::at(embedded::RESTORE_API_LOGS_TENANT_FK);
+    let mut c = db.client();
+    c.batch_execute(setup).unwrap();
+    let err = insert_into_2027_01(&mut c, "nobody", "c");
+    assert_eq!(err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
+    assert_eq!(err.constraint(), Some("messages_tenant_id_fkey"));
+    assert_eq!(err.table(), Some("messages_2027_01"));
+
     let db = TestDb::new();
     meta_chat_migrations::migrate(&db.settings()).unwrap();
     let mut c = db.client();
-    c.batch_execute(
-        "CREATE TABLE messages_2027_01 PARTITION OF messages FOR VALUES FROM ('2027-01-01') TO ('2027-02-01');
-         INSERT INTO tenants (id, name) VALUES ('t', 'T');
-         INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');",
-    )
-    .unwrap();
-    let err = c
-        .execute(
-            "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
-             VALUES ('m', 'nobody', 'c', 'user', 'x', '2027-01-15')",
-            &[],
-        )
-        .unwrap_err();
-    let db_err = err.as_db_error().unwrap();
-    assert_eq!(db_err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
-    assert_eq!(db_err.constraint(), Some("messages_tenant_id_fkey"));
-    assert_eq!(db_err.table(), Some("messages_2027_01"));
+    c.batch_execute(setup).unwrap();
+    let err = insert_into_2027_01(&mut c, "u", "c");
+    assert_eq!(err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
+    assert_eq!(err.constraint(), Some("messages_conversation_tenant_fkey"));
+    assert_eq!(err.table(), Some("messages_2027_01"));
     let out = db.run(&["verify"]);
     assert_eq!(
         out.status.code(),
@@ -145,7 +163,10 @@ fn status_on_an_empty_database_creates_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["history_table"], false);
-    assert_eq!(status["pending"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        status["pending"].as_array().unwrap().len(),
+        embedded::migrations().len()
+    );
     assert_eq!(
         count(&mut db.client(), objects),
         before,
@@ -390,7 +411,7 @@ fn the_runner_waits_for_a_database_that_is_not_up_yet() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(history(&db).len(), 4);
+    assert_eq!(history(&db).len(), embedded::migrations().len());
 }
 
 #[test]
@@ -426,8 +447,9 @@ fn migrate_at_boot_from_a_tokio_app() {
         }
         applied
     });
-    assert_eq!(applied, 4, "each version applied by exactly one replica");
-    assert_eq!(history(&db).len(), 4);
+    let n = embedded::migrations().len();
+    assert_eq!(applied, n, "each version applied by exactly one replica");
+    assert_eq!(history(&db).len(), n);
 }
 
 /// The README pastes `--help`; this keeps the paste true.

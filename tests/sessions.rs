@@ -17,14 +17,6 @@ fn admin() -> Client {
     Client::connect(&admin_url(), NoTls).unwrap()
 }
 
-fn server_version(c: &mut Client) -> i32 {
-    let v: String = c
-        .query_one("SELECT current_setting('server_version_num')", &[])
-        .unwrap()
-        .get(0);
-    v.parse().unwrap()
-}
-
 /// A database owned by a new role that is not a superuser, at 20240520120000 with data,
 /// migrated and seeded by that role.
 fn owned_broken() -> TestDb {

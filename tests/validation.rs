@@ -1,6 +1,11 @@
 //! The spec's seven validation assertions, written here independently of the library's
 //! `verify`, on a freshly migrated database; and the same assertions shown failing on a
 //! database stopped at 20240520120000 (the broken state), so none of them passes vacuously.
+//!
+//! Assertion 3 isolates the tenant key (the message sits in a conversation of another tenant,
+//! so only that key can cascade it away) on databases without tenant consistency: at
+//! 20251121000003 and in the broken state. From 20251121000004 no message can sit there, and
+//! the message sits in its own tenant's conversation (`Fixture::Consistent`).
 
 mod common;
 
@@ -97,14 +102,26 @@ fn index_catalog(c: &mut Client, table: &str, index: &str) -> Outcome {
     Ok(())
 }
 
+/// Where the test message sits: in another tenant's conversation (isolates the tenant key),
+/// or in its own tenant's (the only place tenant consistency allows).
+#[derive(Clone, Copy, PartialEq)]
+enum Fixture {
+    Isolating,
+    Consistent,
+}
+
 /// The seven assertions, numbered as in the spec.
-fn assertions(c: &mut Client) -> Vec<(u8, Outcome)> {
+fn assertions(c: &mut Client, fixture: Fixture) -> Vec<(u8, Outcome)> {
     let setup = c.batch_execute(
         "INSERT INTO tenants (id, name) VALUES ('va', 'A'), ('vb', 'B');
-         INSERT INTO conversations (id, \"tenantId\") VALUES ('vconv', 'vb');",
+         INSERT INTO conversations (id, \"tenantId\") VALUES ('vconv', 'vb'), ('vconv-a', 'va');",
     );
+    let conversation = match fixture {
+        Fixture::Isolating => "vconv",
+        Fixture::Consistent => "vconv-a",
+    };
     let t1 = setup
-        .and_then(|_| c.execute(MESSAGE, &[&"vm1", &"va", &"vconv"]))
+        .and_then(|_| c.execute(MESSAGE, &[&"vm1", &"va", &conversation]))
         .and_then(|_| c.execute(API_LOG, &[&"vl1", &"va"]))
         .map(|_| ())
         .map_err(|e| e.to_string());
@@ -112,7 +129,8 @@ fn assertions(c: &mut Client) -> Vec<(u8, Outcome)> {
         c.execute(MESSAGE, &[&"vm2", &"no-such-tenant", &"vconv"]),
         "messages_tenant_id_fkey",
     );
-    // The message's conversation belongs to tenant vb: only the tenant FK can cascade it away.
+    // Isolating: the message's conversation belongs to tenant vb, so only the tenant FK can
+    // cascade it away.
     let t3 = c
         .execute("DELETE FROM tenants WHERE id = 'va'", &[])
         .map_err(|e| e.to_string())
@@ -168,7 +186,15 @@ fn failing(results: &[(u8, Outcome)]) -> Vec<u8> {
 fn all_seven_hold_on_a_freshly_migrated_database() {
     let db = TestDb::new();
     meta_chat_migrations::migrate(&db.settings()).unwrap();
-    let results = assertions(&mut db.client());
+    let results = assertions(&mut db.client(), Fixture::Consistent);
+    assert_eq!(failing(&results), Vec::<u8>::new(), "{results:?}");
+}
+
+/// At 20251121000003 (the spec's own end state), with the fixture that isolates the tenant key.
+#[test]
+fn all_seven_hold_at_the_specs_version_with_the_isolating_fixture() {
+    let db = TestDb::at(meta_chat_migrations::embedded::RESTORE_API_LOGS_TENANT_FK);
+    let results = assertions(&mut db.client(), Fixture::Isolating);
     assert_eq!(failing(&results), Vec::<u8>::new(), "{results:?}");
 }
 
@@ -183,14 +209,14 @@ fn all_seven_hold_after_restoring_a_broken_database_with_data() {
         before,
         "the restore changed row counts"
     );
-    let results = assertions(&mut db.client());
+    let results = assertions(&mut db.client(), Fixture::Consistent);
     assert_eq!(failing(&results), Vec::<u8>::new(), "{results:?}");
 }
 
 #[test]
 fn the_same_assertions_fail_on_the_broken_state() {
     let db = TestDb::broken();
-    let results = assertions(&mut db.client());
+    let results = assertions(&mut db.client(), Fixture::Isolating);
     // Only 1 (a valid insert) holds in the broken state. 6 fails too: the broken database
     // accepted assertion 2's invalid message and kept assertion 3's message after its tenant
     // was deleted, which are exactly the orphans the FK exists to prevent.
@@ -205,14 +231,21 @@ fn verify_command_passes_restored_and_fails_broken_with_exit_4() {
     let out = good.run(&["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 7);
+    // The spec's seven lines, unchanged, then this crate's own.
     assert_eq!(
-        lines[0],
-        "TEST 1 PASSED: Valid message with correct tenant_id inserted successfully"
-    );
-    assert_eq!(
-        lines[6],
-        "TEST 7 PASSED: api_logs tenant FK constraint exists with ON DELETE SET NULL"
+        lines,
+        [
+            "TEST 1 PASSED: Valid message with correct tenant_id inserted successfully",
+            "TEST 2 PASSED: Invalid tenant_id correctly rejected by FK constraint",
+            "TEST 3 PASSED: Cascade deletion working correctly (0 messages remain)",
+            "TEST 4 PASSED: Constraint exists with correct definition",
+            "TEST 5 PASSED: Index messages_tenant_id_idx exists for FK performance",
+            "TEST 6 PASSED: No orphaned messages found (data integrity intact)",
+            "TEST 7 PASSED: api_logs tenant FK constraint exists with ON DELETE SET NULL",
+            "TEST 8 PASSED: A message in another tenant's conversation is rejected by messages_conversation_tenant_fkey",
+            "TEST 9 PASSED: messages_conversation_tenant_fkey validated and adopted on every partition",
+            "TEST 10 PASSED: Unique index conversations_id_tenant_id_key is valid",
+        ]
     );
     // verify leaves nothing behind
     assert_eq!(count(&mut good.client(), "SELECT count(*) FROM tenants"), 0);
@@ -232,6 +265,11 @@ fn verify_command_passes_restored_and_fails_broken_with_exit_4() {
         .filter(|a| a["passed"] == false)
         .map(|a| a["number"].as_u64().unwrap())
         .collect();
-    assert_eq!(failed, vec![2, 3, 4, 5, 7]);
+    assert_eq!(failed, vec![2, 3, 4, 5, 7, 8, 9, 10]);
     assert_eq!(count(&mut bad.client(), "SELECT count(*) FROM messages"), 0);
+    assert!(
+        error_line(&out).contains("8 of 10 validation assertions failed or could not run: TEST 2, TEST 3, TEST 4, TEST 5, TEST 7, TEST 8, TEST 9, TEST 10"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -200,6 +200,15 @@ pub fn add_orphans(client: &mut Client, messages: i32, api_logs: i32) {
         .expect("insert orphans");
 }
 
+/// `server_version_num` of the test server.
+pub fn server_version(client: &mut Client) -> i32 {
+    let v: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .unwrap()
+        .get(0);
+    v.parse().unwrap()
+}
+
 pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).expect(sql).get(0)
 }
@@ -659,4 +668,45 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
     cond()
+}
+
+/// Leaves an INVALID index `name` on `table (columns)` exactly as an interrupted
+/// `CREATE INDEX CONCURRENTLY` leaves one: the build starts in a session of its own and is
+/// cancelled while it waits for a snapshot that another session holds.
+pub fn interrupted_build(url: &str, name: &str, table: &str, columns: &str) {
+    let mut holder = Client::connect(url, NoTls).unwrap();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class;")
+        .unwrap();
+    let mut builder = Client::connect(url, NoTls).unwrap();
+    let pid: i32 = builder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let sql = format!("CREATE INDEX CONCURRENTLY \"{name}\" ON {table} ({columns})");
+    let build = thread::spawn(move || builder.batch_execute(&sql));
+    let mut watcher = Client::connect(url, NoTls).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            count(
+            &mut watcher,
+            &format!("SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = {pid} AND phase LIKE 'waiting%'")
+        ) > 0
+        }),
+        "the build never waited"
+    );
+    watcher
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap();
+    let err = build.join().unwrap().unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        count(
+            &mut watcher,
+            &format!("SELECT count(*) FROM pg_index WHERE indexrelid = to_regclass('\"{name}\"') AND NOT indisvalid")
+        ),
+        1,
+        "no INVALID index left"
+    );
 }

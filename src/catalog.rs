@@ -1,0 +1,318 @@
+//! Every read-only catalog query, once. The engine plans from these, and `check`, `verify`,
+//! `adopt` and `--dry-run` read the same facts, so that they can never disagree about what is in
+//! place. Relations are always schema-qualified ([`Relation`]); names are compared as the
+//! catalog stores them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use postgres::GenericClient;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::sql::{FkShape, IndexShape, Relation};
+
+fn db_err(what: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
+    move |e| Error::db(what, e)
+}
+
+/// `server_version_num`, e.g. 150004.
+pub fn server_version(c: &mut impl GenericClient) -> Result<i32> {
+    let v: String = c
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .map_err(db_err("reading the server version"))?
+        .get(0);
+    v.parse()
+        .map_err(|_| Error::db_message("reading the server version", v))
+}
+
+/// What the server can do, read once per run.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub server_version: i32,
+}
+
+impl Caps {
+    pub fn read(c: &mut impl GenericClient) -> Result<Caps> {
+        Ok(Caps {
+            server_version: server_version(c)?,
+        })
+    }
+
+    /// `ALTER TABLE <partitioned> ADD FOREIGN KEY ... NOT VALID` (PostgreSQL 18+).
+    pub fn not_valid_fk_on_partitioned(&self) -> bool {
+        self.server_version >= 180000
+    }
+}
+
+/// A table or index: its oid and kind (`r` table, `p` partitioned table, `i`/`I` index...).
+#[derive(Clone, Debug)]
+pub struct RelInfo {
+    pub oid: u32,
+    pub kind: char,
+}
+
+pub fn relation(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<RelInfo>> {
+    Ok(c
+        .query_opt(
+            "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&rel.schema.as_str(), &rel.name.as_str()],
+        )
+        .map_err(db_err("looking up a relation"))?
+        .map(|r| RelInfo {
+            oid: r.get(0),
+            kind: r.get::<_, String>(1).chars().next().unwrap_or('?'),
+        }))
+}
+
+pub fn table_exists(c: &mut impl GenericClient, rel: &Relation) -> Result<bool> {
+    Ok(relation(c, rel)?.is_some_and(|r| matches!(r.kind, 'r' | 'p')))
+}
+
+/// One relation of a partition tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub oid: u32,
+    pub rel: Relation,
+    /// `r` (a leaf table) or `p` (partitioned).
+    pub kind: char,
+    pub level: i32,
+    /// The oid of its direct parent, 0 for the root.
+    pub parent: u32,
+    pub estimated_rows: i64,
+    /// `pg_get_expr(relpartbound)`: `FOR VALUES FROM (...) TO (...)`, `DEFAULT`, or empty.
+    pub bound: String,
+}
+
+impl Node {
+    pub fn is_leaf(&self) -> bool {
+        self.kind != 'p'
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.bound == "DEFAULT"
+    }
+}
+
+const TREE: &str = "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, p.level, \
+       coalesce(i.inhparent, 0::oid), greatest(c.reltuples, 0)::int8, \
+       coalesce(pg_get_expr(c.relpartbound, c.oid), '') \
+     FROM pg_partition_tree($1::oid::regclass) p \
+     JOIN pg_class c ON c.oid = p.relid \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_inherits i ON i.inhrelid = c.oid \
+     ORDER BY p.level, n.nspname, c.relname";
+
+/// The table and, if it is partitioned, every partition below it, root first, then by level
+/// and name. `None` if the table does not exist.
+pub fn tree(c: &mut impl GenericClient, table: &Relation) -> Result<Option<Vec<Node>>> {
+    let Some(info) = relation(c, table)? else {
+        return Ok(None);
+    };
+    // pg_partition_tree lists nothing for a table outside any partition tree.
+    let rows = c
+        .query(TREE, &[&info.oid])
+        .map_err(db_err("listing the partitions"))?;
+    let rows = if rows.is_empty() {
+        c.query(
+            &TREE.replace(
+                "pg_partition_tree($1::oid::regclass) p",
+                "(SELECT $1::oid AS relid, 0 AS level) p",
+            ),
+            &[&info.oid],
+        )
+        .map_err(db_err("reading a table"))?
+    } else {
+        rows
+    };
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| Node {
+                oid: r.get(0),
+                rel: Relation::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                kind: r.get::<_, String>(3).chars().next().unwrap_or('?'),
+                level: r.get(4),
+                parent: r.get(5),
+                estimated_rows: r.get(6),
+                bound: r.get(7),
+            })
+            .collect(),
+    ))
+}
+
+/// A constraint of the name the engine looks for, on one relation.
+#[derive(Clone, Debug)]
+pub struct FkState {
+    pub oid: u32,
+    pub relid: u32,
+    /// `None` when a constraint of that name exists but is not a foreign key.
+    pub shape: Option<FkShape>,
+    pub validated: bool,
+    /// The parent constraint's oid (`conparentid`), 0 if none.
+    pub parent: u32,
+}
+
+const FKS_NAMED: &str =
+    "SELECT k.oid, k.conrelid, k.contype = 'f', k.convalidated, k.conparentid, \
+       k.condeferrable, k.confdeltype::text, k.confupdtype::text, \
+       coalesce(rn.nspname::text, ''), coalesce(r.relname::text, ''), \
+       ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o) \
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o), \
+       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, o) \
+             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o) \
+     FROM pg_constraint k \
+     LEFT JOIN pg_class r ON r.oid = k.confrelid \
+     LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+     WHERE k.conrelid = ANY($1) AND k.conname = $2";
+
+/// The constraints named `name` on any of `relids`, by relation oid.
+pub fn constraints_named(
+    c: &mut impl GenericClient,
+    relids: &[u32],
+    name: &str,
+) -> Result<HashMap<u32, FkState>> {
+    let rows = c
+        .query(FKS_NAMED, &[&relids, &name])
+        .map_err(db_err("reading constraints"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let is_fk: bool = r.get(2);
+            let code = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('?');
+            let state = FkState {
+                oid: r.get(0),
+                relid: r.get(1),
+                shape: is_fk.then(|| FkShape {
+                    columns: r.get(10),
+                    references: Relation::new(r.get::<_, String>(8), r.get::<_, String>(9)),
+                    ref_columns: r.get(11),
+                    on_delete: code(6),
+                    on_update: code(7),
+                    deferrable: r.get(5),
+                }),
+                validated: r.get(3),
+                parent: r.get(4),
+            };
+            (state.relid, state)
+        })
+        .collect())
+}
+
+/// An index as the catalog holds it.
+#[derive(Clone, Debug)]
+pub struct IndexState {
+    pub oid: u32,
+    pub rel: Relation,
+    /// The table it is on.
+    pub table: u32,
+    /// `None` when it is not a plain btree on columns (expressions, a predicate, INCLUDE
+    /// columns, another access method): such an index never counts as a declared one.
+    pub shape: Option<IndexShape>,
+    pub valid: bool,
+    /// The index it is attached to (`pg_inherits`), 0 if none.
+    pub parent: u32,
+}
+
+const INDEXES: &str = "SELECT x.indexrelid, n.nspname::text, ic.relname::text, x.indrelid, \
+       x.indisunique, x.indisvalid, coalesce(inh.inhparent, 0::oid), \
+       am.amname = 'btree' AND x.indpred IS NULL AND x.indexprs IS NULL AND x.indnkeyatts = x.indnatts, \
+       ARRAY(SELECT a.attname::text FROM unnest(x.indkey::int2[]) WITH ORDINALITY u(n, o) \
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.n ORDER BY u.o) \
+     FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid \
+     JOIN pg_namespace n ON n.oid = ic.relnamespace JOIN pg_am am ON am.oid = ic.relam \
+     LEFT JOIN pg_inherits inh ON inh.inhrelid = x.indexrelid ";
+
+fn index_rows(rows: Vec<postgres::Row>) -> Vec<IndexState> {
+    rows.into_iter()
+        .map(|r| {
+            let plain: bool = r.get(7);
+            IndexState {
+                oid: r.get(0),
+                rel: Relation::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                table: r.get(3),
+                shape: plain.then(|| IndexShape {
+                    columns: r.get(8),
+                    unique: r.get(4),
+                }),
+                valid: r.get(5),
+                parent: r.get(6),
+            }
+        })
+        .collect()
+}
+
+/// Every index on any of `tables`.
+pub fn indexes_on(c: &mut impl GenericClient, tables: &[u32]) -> Result<Vec<IndexState>> {
+    let rows = c
+        .query(&format!("{INDEXES} WHERE x.indrelid = ANY($1)"), &[&tables])
+        .map_err(db_err("reading indexes"))?;
+    Ok(index_rows(rows))
+}
+
+/// The index named `rel`, if there is one.
+pub fn index_named(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<IndexState>> {
+    let rows = c
+        .query(
+            &format!("{INDEXES} WHERE n.nspname = $1 AND ic.relname = $2"),
+            &[&rel.schema.as_str(), &rel.name.as_str()],
+        )
+        .map_err(db_err("reading an index"))?;
+    Ok(index_rows(rows).into_iter().next())
+}
+
+/// Every relation name in each of `schemas`, for choosing names that are free.
+pub fn names_in(
+    c: &mut impl GenericClient,
+    schemas: &[String],
+) -> Result<BTreeSet<(String, String)>> {
+    Ok(c.query(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1)",
+        &[&schemas],
+    )
+    .map_err(db_err("listing relation names"))?
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+/// Backends other than this one that are building an index on `table` (the index `index`, or
+/// one not yet named), from `pg_stat_progress_create_index`.
+pub fn builds_in_progress(c: &mut impl GenericClient, table: u32, index: u32) -> Result<Vec<i32>> {
+    Ok(c.query(
+        "SELECT pid FROM pg_stat_progress_create_index WHERE pid <> pg_backend_pid() \
+             AND (index_relid = $2 OR (relid = $1 AND index_relid = 0))",
+        &[&table, &index],
+    )
+    .map_err(db_err("reading the progress of index builds"))?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// Where an index build is (`pg_stat_progress_create_index`).
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildProgress {
+    pub phase: String,
+    pub blocks_done: i64,
+    pub blocks_total: i64,
+    pub tuples_done: i64,
+    pub tuples_total: i64,
+}
+
+/// The index build of backend `pid`, if it is building one.
+pub fn build_progress(c: &mut impl GenericClient, pid: i32) -> Result<Option<BuildProgress>> {
+    Ok(c.query_opt(
+        "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total \
+             FROM pg_stat_progress_create_index WHERE pid = $1",
+        &[&pid],
+    )
+    .map_err(db_err("reading the progress of an index build"))?
+    .map(|r| BuildProgress {
+        phase: r.get(0),
+        blocks_done: r.get(1),
+        blocks_total: r.get(2),
+        tuples_done: r.get(3),
+        tuples_total: r.get(4),
+    }))
+}

@@ -1,0 +1,244 @@
+//! `migrate --dry-run`: what `migrate` would do, read from the catalog and printed before
+//! anything runs. The pending versions; per operation and table the partitions, estimated rows,
+//! what is already done (a resumed run) and what remains, step by step with the lock each takes
+//! and whether `--lock-timeout` bounds it; and the rows each pre-flight rule would refuse.
+//!
+//! It connects, reads and disconnects: no lock (so it never waits behind a running migration),
+//! no session state left, and no history table created on an empty database.
+
+use serde::Serialize;
+
+use crate::config::{DbTarget, Settings};
+use crate::db;
+use crate::engine::{self, OpPlan};
+use crate::error::Result;
+use crate::findings::RuleCount;
+use crate::history::{self, Entry};
+use crate::migrate::{self, Batch};
+use crate::preflight;
+
+/// One batch of consecutive versions with online work, planned.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchPlan {
+    pub versions: Vec<i64>,
+    /// Rows each pre-flight rule would meet (refused under `--orphans refuse`).
+    pub preflight: Vec<RuleCount>,
+    /// The operations of each phase, planned.
+    pub phases: Vec<Vec<OpPlan>>,
+    /// Why it could not be planned yet, if so (its tables are created by an earlier version).
+    pub not_planned: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MigratePlan {
+    pub database: DbTarget,
+    pub schema: String,
+    pub current: Option<i64>,
+    pub baseline: Option<i64>,
+    pub pending: Vec<Entry>,
+    pub online: Vec<BatchPlan>,
+    pub lock_timeout_ms: u128,
+    pub lock_retries: u32,
+    pub jobs: usize,
+}
+
+pub fn plan(settings: &Settings) -> Result<MigratePlan> {
+    migrate::validate(settings)?;
+    let database = settings.target()?;
+    let mut conn = db::connect_with_wait(settings)?;
+    let c = conn.client();
+    let status = history::status(c)?;
+    status.ensure_consistent()?;
+    let (baseline, pending) = migrate::pending(settings, c, &status)?;
+    let mut online = Vec::new();
+    for batch in migrate::batches(&pending).iter().filter(|b| b.online()) {
+        online.push(plan_batch(c, settings, batch)?);
+    }
+    Ok(MigratePlan {
+        database,
+        schema: settings.schema.clone(),
+        current: status.current(),
+        baseline,
+        pending,
+        online,
+        lock_timeout_ms: settings.lock_timeout.as_millis(),
+        lock_retries: settings.lock_retries,
+        jobs: settings.jobs,
+    })
+}
+
+fn plan_batch(c: &mut postgres::Client, settings: &Settings, batch: &Batch) -> Result<BatchPlan> {
+    let versions = batch.versions.iter().map(|e| e.version).collect();
+    if !migrate::tables_exist(c, &settings.schema, batch)? {
+        return Ok(BatchPlan {
+            versions,
+            preflight: Vec::new(),
+            phases: Vec::new(),
+            not_planned: Some(
+                "its tables do not exist yet: it is planned once the versions before it have run"
+                    .into(),
+            ),
+        });
+    }
+    let rules = migrate::rules_to_run(c, &settings.schema, batch)?;
+    let mut preflight = Vec::new();
+    for rule in rules {
+        preflight.push(preflight::count(c, rule, &settings.schema)?);
+    }
+    let mut phases = Vec::new();
+    for k in 0..batch.phases() {
+        phases.push(engine::plan(c, &settings.schema, &batch.phase(k))?);
+    }
+    Ok(BatchPlan {
+        versions,
+        preflight,
+        phases,
+        not_planned: None,
+    })
+}
+
+impl MigratePlan {
+    /// The plan as text, one line per fact.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "dry run (nothing is changed): schema {} of {}, at version {}",
+            self.schema,
+            self.database,
+            self.current.map_or("none".into(), |v| v.to_string())
+        )];
+        if let Some(b) = self.baseline {
+            out.push(format!(
+                "would record the versions up to {b} as applied (baseline)"
+            ));
+        }
+        if self.pending.is_empty() {
+            out.push("nothing to apply".into());
+        }
+        for e in &self.pending {
+            out.push(format!("pending {} {}", e.version, e.name));
+        }
+        for batch in &self.online {
+            self.batch_lines(batch, &mut out);
+        }
+        out
+    }
+
+    fn batch_lines(&self, batch: &BatchPlan, out: &mut Vec<String>) {
+        let versions: Vec<String> = batch.versions.iter().map(|v| v.to_string()).collect();
+        out.push(format!("online work before {}:", versions.join(", ")));
+        if let Some(why) = &batch.not_planned {
+            out.push(format!("  not planned: {why}"));
+            return;
+        }
+        for r in &batch.preflight {
+            out.push(format!(
+                "  pre-flight {}: {} {} {}{}",
+                r.rule,
+                r.count,
+                r.table,
+                r.what,
+                if r.count > 0 {
+                    format!(
+                        " (sample ids: {}): refused unless --orphans archive or delete",
+                        r.sample_ids.join(", ")
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        for (k, phase) in batch.phases.iter().enumerate() {
+            out.push(format!("  phase {}:", k + 1));
+            for op in phase {
+                self.op_lines(op, out);
+            }
+        }
+    }
+
+    fn bound(&self, bounded: bool) -> String {
+        if bounded {
+            format!(
+                "bounded by --lock-timeout {}ms, {} retries",
+                self.lock_timeout_ms, self.lock_retries
+            )
+        } else {
+            "waits as long as needed; never blocks reads or writes".to_string()
+        }
+    }
+
+    fn op_lines(&self, op: &OpPlan, out: &mut Vec<String>) {
+        out.push(format!(
+            "    {} {} on {}: {} partition(s), ~{} rows; {} done, {} to do{}",
+            op.kind,
+            op.id,
+            op.table.plain(),
+            op.partitions,
+            op.estimated_rows,
+            op.leaves_done,
+            op.items.len(),
+            if op.is_done() { " (in place)" } else { "" }
+        ));
+        for c in &op.conflicts {
+            out.push(format!(
+                "      CONFLICT: {} is {}, expected {}",
+                c.object, c.found, c.expected
+            ));
+        }
+        let steps = |label: String, list: &[crate::engine::Step], out: &mut Vec<String>| {
+            if list.is_empty() {
+                return;
+            }
+            out.push(format!("      {label}:"));
+            for s in list {
+                out.push(format!(
+                    "        {}: {} [{}]",
+                    s.action.name(),
+                    s.locks,
+                    self.bound(s.bounded)
+                ));
+            }
+        };
+        steps(format!("first, on {}", op.table.plain()), &op.before, out);
+        // Items with the same steps are shown once, with the partitions they concern.
+        let mut groups: Vec<(Vec<crate::engine::Action>, Vec<&crate::engine::Item>)> = Vec::new();
+        for item in &op.items {
+            let sig: Vec<_> = item.steps.iter().map(|s| s.action).collect();
+            match groups.iter_mut().find(|(g, _)| *g == sig) {
+                Some((_, items)) => items.push(item),
+                None => groups.push((sig, vec![item])),
+            }
+        }
+        for (_, items) in &groups {
+            let mut names: Vec<String> = items
+                .iter()
+                .take(6)
+                .map(|i| format!("{} (~{} rows)", i.relation.plain(), i.estimated_rows))
+                .collect();
+            if items.len() > 6 {
+                names.push(format!("and {} more", items.len() - 6));
+            }
+            let what = if op.partitioned {
+                "partition(s)"
+            } else {
+                "table"
+            };
+            out.push(format!(
+                "      {} {what}: {}",
+                items.len(),
+                names.join(", ")
+            ));
+            let first = items[0];
+            let generic: Vec<crate::engine::Step> = first
+                .steps
+                .iter()
+                .map(|s| {
+                    let mut g = s.clone();
+                    g.locks = g.locks.replace(&first.relation.plain(), "<partition>");
+                    g
+                })
+                .collect();
+            steps("each".into(), &generic, out);
+        }
+        steps(format!("then, on {}", op.table.plain()), &op.after, out);
+    }
+}

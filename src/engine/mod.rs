@@ -1,0 +1,426 @@
+//! The online engine: versions declare operations ([`crate::plan`]); the engine plans each from
+//! the catalog (only what is not done), refuses conflicts before anything changes, runs the
+//! steps that must come first on the main connection, the per-partition items of all operations
+//! of a phase on one queue worked by `--jobs` connections, then the parent steps, and finally
+//! re-plans every operation to check that nothing is left. There is no progress table: a run
+//! killed at any point is finished by the next, which plans from what the catalog holds.
+//!
+//! Every statement goes through [`step::StepCtx::run`] and its two lock rules. Operation kinds:
+//! [`fk`] and [`index`], both written per relation.
+
+pub(crate) mod fk;
+pub(crate) mod index;
+pub(crate) mod pool;
+pub mod step;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use postgres::GenericClient;
+use serde::Serialize;
+
+use crate::catalog::{self, Caps, Node};
+use crate::config::Settings;
+use crate::db::{BlockerWatch, Conn, LockPolicy};
+use crate::error::{Error, Result};
+use crate::plan::Op;
+use crate::sql::{choose_name, IndexDef, Relation};
+use step::StepCtx;
+pub use step::{Action, Step, StepId};
+
+/// Something of the declared name that is not what is declared.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Conflict {
+    pub object: String,
+    pub found: String,
+    pub expected: String,
+}
+
+/// One leaf (or plain table) and the steps it still needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    #[serde(skip)]
+    pub oid: u32,
+    pub relation: Relation,
+    pub estimated_rows: i64,
+    pub steps: Vec<Step>,
+}
+
+/// What an operation still needs, planned from the catalog.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpPlan {
+    #[serde(skip)]
+    pub op: Op,
+    pub id: &'static str,
+    pub kind: &'static str,
+    pub table: Relation,
+    pub partitioned: bool,
+    /// Leaf partitions (1 for a table that is not partitioned).
+    pub partitions: usize,
+    pub estimated_rows: i64,
+    /// Leaves with nothing left to do.
+    pub leaves_done: usize,
+    pub before: Vec<Step>,
+    pub items: Vec<Item>,
+    pub after: Vec<Step>,
+    pub conflicts: Vec<Conflict>,
+    /// The constraint goes on the parent NOT VALID first (PostgreSQL 18+, fresh start).
+    pub parent_not_valid: bool,
+}
+
+impl OpPlan {
+    fn new(op: Op, nodes: &[Node]) -> OpPlan {
+        let leaves: Vec<&Node> = nodes.iter().filter(|n| n.is_leaf()).collect();
+        OpPlan {
+            op,
+            id: op.id(),
+            kind: op.kind(),
+            table: nodes[0].rel.clone(),
+            partitioned: !nodes[0].is_leaf(),
+            partitions: leaves.len(),
+            estimated_rows: leaves.iter().map(|n| n.estimated_rows).sum(),
+            leaves_done: 0,
+            before: Vec::new(),
+            items: Vec::new(),
+            after: Vec::new(),
+            conflicts: Vec::new(),
+            parent_not_valid: false,
+        }
+    }
+
+    fn push_item(&mut self, node: &Node, steps: Vec<Step>) {
+        if steps.is_empty() {
+            self.leaves_done += 1;
+        } else {
+            self.items.push(Item {
+                oid: node.oid,
+                relation: node.rel.clone(),
+                estimated_rows: node.estimated_rows,
+                steps,
+            });
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.conflicts.is_empty()
+            && self.before.is_empty()
+            && self.items.is_empty()
+            && self.after.is_empty()
+    }
+
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.before
+            .iter()
+            .chain(self.items.iter().flat_map(|i| &i.steps))
+            .chain(&self.after)
+    }
+}
+
+/// Planning state shared by the operations of one plan: the schema, what the server can do, and
+/// the relation names taken (including those this plan chose).
+pub(crate) struct Planner {
+    pub schema: String,
+    pub caps: Caps,
+    taken: BTreeSet<(String, String)>,
+    loaded: BTreeSet<String>,
+}
+
+impl Planner {
+    pub fn new(c: &mut impl GenericClient, schema: &str) -> Result<Planner> {
+        Ok(Planner {
+            schema: schema.to_string(),
+            caps: Caps::read(c)?,
+            taken: BTreeSet::new(),
+            loaded: BTreeSet::new(),
+        })
+    }
+
+    fn load_names(&mut self, c: &mut impl GenericClient, nodes: &[Node]) -> Result<()> {
+        let missing: Vec<String> = nodes
+            .iter()
+            .map(|n| n.rel.schema.as_str().to_string())
+            .filter(|s| !self.loaded.contains(s))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            self.taken.extend(catalog::names_in(c, &missing)?);
+            self.loaded.extend(missing);
+        }
+        Ok(())
+    }
+
+    /// A free name for `ix` on `node`, chosen as PostgreSQL chooses it; `reuse` is a name this
+    /// plan frees first (an INVALID leftover it drops).
+    fn choose_index_name(
+        &mut self,
+        ix: &IndexDef,
+        node: &Node,
+        reuse: Option<&Relation>,
+    ) -> Relation {
+        let schema = node.rel.schema.as_str().to_string();
+        if let Some(r) = reuse {
+            return r.clone();
+        }
+        let (table, columns, label) = ix.child_name_base(node.rel.name.as_str());
+        let name = choose_name(&table, &columns, label, |n| {
+            self.taken.contains(&(schema.clone(), n.to_string()))
+        });
+        self.taken.insert((schema.clone(), name.clone()));
+        Relation::new(schema, name)
+    }
+}
+
+/// Plans one operation. Read-only.
+pub(crate) fn plan_op(c: &mut impl GenericClient, planner: &mut Planner, op: Op) -> Result<OpPlan> {
+    let table = Relation::new(&planner.schema, op.table());
+    let nodes = catalog::tree(c, &table)?.ok_or_else(|| Error::MissingTable {
+        table: table.plain(),
+        needed_by: op.id().to_string(),
+    })?;
+    planner.load_names(c, &nodes)?;
+    match op {
+        Op::ForeignKey(def) => fk::plan(c, planner, def, &nodes),
+        Op::Index(def) => index::plan(c, planner, def, &nodes),
+    }
+}
+
+/// Plans every operation of `ops` with one planner. Read-only.
+pub(crate) fn plan(c: &mut impl GenericClient, schema: &str, ops: &[Op]) -> Result<Vec<OpPlan>> {
+    let mut planner = Planner::new(c, schema)?;
+    ops.iter().map(|op| plan_op(c, &mut planner, *op)).collect()
+}
+
+/// Refuses, naming every one, when an object of a declared name is not what is declared.
+pub(crate) fn ensure_no_conflicts(plans: &[OpPlan]) -> Result<()> {
+    let conflicts: Vec<Conflict> = plans.iter().flat_map(|p| p.conflicts.clone()).collect();
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Conflict { conflicts })
+}
+
+/// What one operation did.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpReport {
+    pub id: String,
+    pub kind: String,
+    pub table: String,
+    pub partitions: usize,
+    pub estimated_rows: i64,
+    /// Leaves that needed nothing (a resumed run).
+    pub already_done: usize,
+    pub parent_not_valid: bool,
+    /// Steps run, by action (`add-not-valid`, `validate`, `build`, ...).
+    pub actions: BTreeMap<String, usize>,
+}
+
+impl OpReport {
+    /// How many steps of `action` ran.
+    pub fn count(&self, action: Action) -> usize {
+        self.actions.get(action.name()).copied().unwrap_or(0)
+    }
+}
+
+/// The leaves of a phase, merged across operations: one queue, a leaf's steps together.
+struct Merged {
+    relation: Relation,
+    estimated_rows: i64,
+    steps: Vec<(usize, Step)>,
+}
+
+fn merge(plans: &[OpPlan]) -> Vec<Merged> {
+    let mut out: Vec<Merged> = Vec::new();
+    let mut by_oid: BTreeMap<u32, usize> = BTreeMap::new();
+    for (p, plan) in plans.iter().enumerate() {
+        for item in &plan.items {
+            let at = *by_oid.entry(item.oid).or_insert_with(|| {
+                out.push(Merged {
+                    relation: item.relation.clone(),
+                    estimated_rows: item.estimated_rows,
+                    steps: Vec::new(),
+                });
+                out.len() - 1
+            });
+            out[at]
+                .steps
+                .extend(item.steps.iter().map(|s| (p, s.clone())));
+        }
+    }
+    out
+}
+
+/// Runs a phase's plans (see the module docs) and checks the end state.
+pub(crate) fn run(
+    settings: &Settings,
+    main: &mut Conn,
+    watch: &BlockerWatch,
+    plans: Vec<OpPlan>,
+) -> Result<Vec<OpReport>> {
+    ensure_no_conflicts(&plans)?;
+    let started = Instant::now();
+    let policy = LockPolicy::of(settings);
+    let counts: Mutex<Vec<BTreeMap<String, usize>>> =
+        Mutex::new(vec![BTreeMap::new(); plans.len()]);
+    let tally = |p: usize, a: Action| {
+        *counts.lock().unwrap()[p]
+            .entry(a.name().into())
+            .or_default() += 1
+    };
+    let on_main = StepCtx {
+        pid: main.pid(),
+        watch,
+        policy: &policy,
+    };
+    for (p, plan) in plans.iter().enumerate() {
+        announce(plan, settings.jobs);
+        for s in &plan.before {
+            on_main.run(main.client(), s)?;
+            tally(p, s.action);
+        }
+    }
+    let items = merge(&plans);
+    let done = AtomicUsize::new(0);
+    pool::for_each(settings, main, &items, |client, pid, item| {
+        let ctx = StepCtx {
+            pid,
+            watch,
+            policy: &policy,
+        };
+        let t = Instant::now();
+        for (p, s) in &item.steps {
+            ctx.run(client, s).map_err(|e| explain_step_error(e, s))?;
+            tally(*p, s.action);
+        }
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        log::info!(
+            "{} ({n} of {}), ~{} rows: {} in {:.2}s",
+            item.relation.plain(),
+            items.len(),
+            item.estimated_rows,
+            describe_steps(&plans, &item.steps),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+    .inspect_err(|_| {
+        log::error!("the online work stopped at the first error; the next run resumes it")
+    })?;
+    for (p, plan) in plans.iter().enumerate() {
+        for s in &plan.after {
+            on_main.run(main.client(), s)?;
+            tally(p, s.action);
+        }
+    }
+    let reports = finish(main, settings, &plans, counts.into_inner().unwrap())?;
+    log::info!(
+        "online work of this phase finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(reports)
+}
+
+/// `messages_tenant_id_fkey add-not-valid+validate, messages_tenant_id_idx build+attach`.
+fn describe_steps(plans: &[OpPlan], steps: &[(usize, Step)]) -> String {
+    let mut parts: Vec<(usize, Vec<&str>)> = Vec::new();
+    for (p, s) in steps {
+        match parts.last_mut() {
+            Some((q, actions)) if q == p => actions.push(s.action.name()),
+            _ => parts.push((*p, vec![s.action.name()])),
+        }
+    }
+    parts
+        .iter()
+        .map(|(p, a)| format!("{} {}", plans[*p].id, a.join("+")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn announce(plan: &OpPlan, jobs: usize) {
+    if plan.is_done() {
+        log::info!(
+            "{} {} on {}: already in place",
+            plan.kind,
+            plan.id,
+            plan.table.plain()
+        );
+        return;
+    }
+    log::info!(
+        "{} {} on {}: {} of {} partition(s) to do, ~{} rows, {} job(s){}",
+        plan.kind,
+        plan.id,
+        plan.table.plain(),
+        plan.items.len(),
+        plan.partitions,
+        plan.estimated_rows,
+        jobs,
+        if plan.parent_not_valid {
+            "; NOT VALID on the parent first (PostgreSQL 18+)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// A validation that finds violating rows after the pre-flight: say so and how to go on.
+fn explain_step_error(err: Error, step: &Step) -> Error {
+    if step.action == Action::Validate && err.sqlstate() == Some("23503") {
+        return Error::NewViolations {
+            step: step.id.to_string(),
+            cause: err.to_string(),
+        };
+    }
+    err
+}
+
+/// Re-plans every operation: nothing may be left (a partition added during the run, say).
+fn finish(
+    main: &mut Conn,
+    settings: &Settings,
+    plans: &[OpPlan],
+    counts: Vec<BTreeMap<String, usize>>,
+) -> Result<Vec<OpReport>> {
+    let ops: Vec<Op> = plans.iter().map(|p| p.op).collect();
+    let after = plan(main.client(), &settings.schema, &ops)?;
+    for (before, now) in plans.iter().zip(&after) {
+        if !now.is_done() {
+            return Err(Error::NotInPlace {
+                op: now.id.to_string(),
+                remaining: now
+                    .steps()
+                    .map(|s| s.id.to_string())
+                    .chain(
+                        now.conflicts
+                            .iter()
+                            .map(|c| format!("{}: {}", c.object, c.found)),
+                    )
+                    .take(5)
+                    .collect(),
+            });
+        }
+        log::info!(
+            "{} {} on {}: in place ({} partition(s))",
+            before.kind,
+            before.id,
+            before.table.plain(),
+            before.partitions
+        );
+    }
+    Ok(plans
+        .iter()
+        .zip(counts)
+        .map(|(p, actions)| OpReport {
+            id: p.id.to_string(),
+            kind: p.kind.to_string(),
+            table: p.table.plain(),
+            partitions: p.partitions,
+            estimated_rows: p.estimated_rows,
+            already_done: p.leaves_done,
+            parent_not_valid: p.parent_not_valid,
+            actions,
+        })
+        .collect())
+}

@@ -1,0 +1,56 @@
+//! What a pre-flight found: rows that would violate a foreign key about to go on. Plain data,
+//! shared by `check`, `migrate --dry-run` and the refusal error, and depending on nothing else
+//! in the crate.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// How many sample ids a report shows per rule.
+pub const SAMPLE_SIZE: i64 = 10;
+
+/// The rows one rule found.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RuleCount {
+    /// The rule's stable id, e.g. `orphaned-messages`.
+    pub rule: String,
+    pub table: String,
+    /// What is wrong with the rows, after "N messages (sample ids: ...)": e.g. "reference no
+    /// tenant".
+    pub what: String,
+    pub count: i64,
+    /// Up to ten ids of such rows.
+    pub sample_ids: Vec<String>,
+}
+
+/// The refusal of `--orphans refuse`: every rule that found rows.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Findings {
+    pub rules: Vec<RuleCount>,
+}
+
+impl Findings {
+    pub fn total(&self) -> i64 {
+        self.rules.iter().map(|r| r.count).sum()
+    }
+}
+
+impl fmt::Display for Findings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refusing to add the foreign keys:")?;
+        for r in self.rules.iter().filter(|r| r.count > 0) {
+            write!(
+                f,
+                " {} {} (sample ids: {}) {};",
+                r.count,
+                r.table,
+                r.sample_ids.join(", "),
+                r.what
+            )?;
+        }
+        write!(
+            f,
+            " nothing was changed; inspect them with `meta-chat-migrate check`, then rerun with --orphans archive (moves them to *_archive tables) or --orphans delete"
+        )
+    }
+}
