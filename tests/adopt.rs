@@ -212,3 +212,94 @@ fn baseline_on_an_empty_database_is_refused() {
         stderr(&out)
     );
 }
+
+/// Prisma's `@updatedAt` and friends: NOT NULL columns without a default. `verify` must fill
+/// them in its own rows, or it would fail TEST 1 and then claim things about constraints it
+/// never tried.
+const REQUIRED_COLUMNS: &str = r#"
+CREATE TYPE "Plan" AS ENUM ('FREE', 'PRO');
+UPDATE tenants SET "updatedAt" = now();
+ALTER TABLE tenants ALTER COLUMN "updatedAt" SET NOT NULL, ADD COLUMN plan_kind "Plan" NOT NULL DEFAULT 'FREE';
+ALTER TABLE tenants ALTER COLUMN plan_kind DROP DEFAULT;
+ALTER TABLE conversations ADD COLUMN "updatedAt" timestamptz NOT NULL DEFAULT now();
+ALTER TABLE conversations ALTER COLUMN "updatedAt" DROP DEFAULT;
+ALTER TABLE messages ADD COLUMN "tokenCount" integer NOT NULL DEFAULT 0, ADD COLUMN attrs jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE messages ALTER COLUMN "tokenCount" DROP DEFAULT, ALTER COLUMN attrs DROP DEFAULT;
+ALTER TABLE api_logs ADD COLUMN "requestId" uuid NOT NULL DEFAULT gen_random_uuid(), ADD COLUMN cached boolean NOT NULL DEFAULT false;
+ALTER TABLE api_logs ALTER COLUMN "requestId" DROP DEFAULT, ALTER COLUMN cached DROP DEFAULT;
+"#;
+
+#[test]
+fn verify_fills_the_required_columns_of_an_adopted_database() {
+    let db = prisma_db();
+    db.client().batch_execute(REQUIRED_COLUMNS).unwrap();
+    // The columns are required: a plain insert without them fails.
+    let err = db
+        .client()
+        .execute("INSERT INTO tenants (id, name) VALUES ('x', 'x')", &[])
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23502"));
+    let out = db.run(&[
+        "migrate",
+        "--baseline",
+        "20240520120000",
+        "--orphans",
+        "delete",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = db.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains(" PASSED: "))
+            .count(),
+        10
+    );
+}
+
+/// A required column of a type the fixture cannot fill: the assertions that need its rows say
+/// they could not run, none passes vacuously (TEST 3 used to: no message, so "0 remain"), and
+/// none blames a constraint (TEST 7 used to say a tenant delete removed a row never written).
+#[test]
+fn verify_says_what_it_could_not_run() {
+    let db = TestDb::broken();
+    db.client()
+        .batch_execute(
+            "ALTER TABLE messages ADD COLUMN geo point NOT NULL DEFAULT '(0,0)';
+             ALTER TABLE messages ALTER COLUMN geo DROP DEFAULT;",
+        )
+        .unwrap();
+    let out = db.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("TEST 1 NOT RUN: the test rows cannot be written: public.messages has a NOT NULL column geo of type point without a default"),
+        "{text}"
+    );
+    for n in [2, 3, 7, 8] {
+        assert!(
+            text.contains(&format!("TEST {n} NOT RUN: ")),
+            "TEST {n}: {text}"
+        );
+    }
+    assert!(!text.contains("deleted its api_logs row"), "{text}");
+    // The catalog assertions still ran, and fail on this broken database.
+    for n in [4, 5, 9, 10] {
+        assert!(
+            text.contains(&format!("TEST {n} FAILED: ")),
+            "TEST {n}: {text}"
+        );
+    }
+    assert!(
+        error_line(&out).contains("validation assertions failed or could not run"),
+        "{}",
+        stderr(&out)
+    );
+}
