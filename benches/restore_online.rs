@@ -1,15 +1,22 @@
-//! Side-by-side benchmark of restoring the tenant constraints on a database at 20240520120000,
-//! under a continuous insert load: (a) the spec's SQL as written (plus the same api_logs index)
-//! and (b) the runner's online restore, with --jobs 1 and --jobs 2. Prints figures; asserts
-//! nothing.
+//! Side-by-side benchmark of the online engine under a continuous insert load:
 //!
-//!     cargo bench --bench restore_online -- [--sizes 3000000,12000000] [--writers 2] [--repeat 3] [--keep]
+//! 1. restoring both tenant keys and their indexes on a database at 20240520120000: (a) the
+//!    spec's SQL as written (plus the same api_logs index), (b) the runner with each `--jobs`
+//!    given (default: the default `--jobs`);
+//! 2. the tenant-consistency version alone, from a copy at 20251121000003: (a) its generated
+//!    blocking SQL, (b) the runner.
+//!
+//! Prints figures; asserts nothing.
+//!
+//!     cargo bench --bench restore_online -- [--sizes 3000000,12000000] [--writers 2] [--repeat 3] [--jobs 2] [--keep]
 //!
 //! Each size is seeded once into a template database (N messages over 33 monthly partitions,
-//! N/4 api_logs, VACUUM FREEZE so no run pays for hint bits), and every approach runs on a fresh
-//! copy of it (`CREATE DATABASE ... TEMPLATE`), `--repeat` times; the figures printed per
-//! approach are the medians of the repeats, since a maximum of a single run is noisy. The server is `BENCH_DATABASE_URL` or
-//! `TEST_DATABASE_URL` or the local one.
+//! N/4 api_logs, VACUUM FREEZE so no run pays for hint bits), and every run is on a fresh copy
+//! of it (`CREATE DATABASE ... TEMPLATE`). The approaches run `--repeat` times each,
+//! interleaved, and each row shows medians. While they run, a monitor samples which writers wait
+//! for a lock and what the blocking sessions run; the longest insert of each run is printed
+//! with what blocked it. The server is `BENCH_DATABASE_URL` or `TEST_DATABASE_URL` or the local
+//! one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +43,9 @@ struct Args {
     writers: usize,
     repeat: usize,
     keep: bool,
+    jobs: Vec<usize>,
+    /// Another build of meta-chat-migrate to run side by side (`--compare-bin PATH`).
+    compare_bin: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -44,6 +54,8 @@ fn parse_args() -> Args {
         writers: 2,
         repeat: 3,
         keep: false,
+        jobs: vec![meta_chat_migrations::config::DEFAULT_JOBS],
+        compare_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -66,6 +78,15 @@ fn parse_args() -> Args {
             }
             "--repeat" => args.repeat = it.next().expect("--repeat N").parse().expect("a number"),
             "--keep" => args.keep = true,
+            "--compare-bin" => args.compare_bin = it.next(),
+            "--jobs" => {
+                args.jobs = it
+                    .next()
+                    .expect("--jobs N[,N...]")
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("a number of jobs"))
+                    .collect()
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}; see the module docs"),
         }
@@ -159,7 +180,47 @@ fn template(n: i64) -> String {
 struct Load {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<(Instant, Duration)>>>,
+    /// What a waiting writer waited for, sampled every few milliseconds: when, and the blocking
+    /// sessions' queries.
+    waits: Arc<Mutex<Vec<(Instant, String)>>>,
     handles: Vec<thread::JoinHandle<()>>,
+}
+
+const WRITER: &str = "mcm-bench-writer";
+
+/// Samples, every 3 ms, which writers wait for a lock and what the sessions blocking them run.
+fn watch_waits(
+    url: &str,
+    stop: Arc<AtomicBool>,
+    waits: Arc<Mutex<Vec<(Instant, String)>>>,
+) -> thread::JoinHandle<()> {
+    let url = url.to_string();
+    thread::spawn(move || {
+        let mut c = Client::connect(&url, NoTls).unwrap();
+        let q = c
+            .prepare(&format!(
+                "SELECT coalesce((SELECT string_agg(left(regexp_replace(b.query, '\\s+', ' ', 'g'), 110), ' | ')
+                                    FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))), a.wait_event)
+                   FROM pg_stat_activity a WHERE a.application_name = '{WRITER}' AND a.wait_event_type = 'Lock'"
+            ))
+            .unwrap();
+        // A cheap probe first; the blockers' queries only while a writer waits.
+        let probe = c
+            .prepare(&format!(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = '{WRITER}' AND wait_event_type = 'Lock' LIMIT 1"
+            ))
+            .unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if c.query(&probe, &[]).is_ok_and(|r| !r.is_empty()) {
+                if let Ok(rows) = c.query(&q, &[]) {
+                    let mut w = waits.lock().unwrap();
+                    w.extend(rows.into_iter().map(|r| (now, r.get::<_, String>(0))));
+                }
+            }
+            thread::sleep(Duration::from_millis(4));
+        }
+    })
 }
 
 /// `writers` connections inserting messages (and every fourth time an api_logs row) into
@@ -168,11 +229,13 @@ struct Load {
 fn start_load(url: &str, writers: usize) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
-    let handles = (0..writers)
+    let waits: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let mut handles: Vec<thread::JoinHandle<()>> = (0..writers)
         .map(|w| {
             let (url, stop, samples) = (url.to_string(), stop.clone(), samples.clone());
             thread::spawn(move || {
                 let mut c = Client::connect(&url, NoTls).unwrap();
+                c.batch_execute(&format!("SET application_name = '{WRITER}'")).unwrap();
                 let msg = c
                     .prepare(
                         "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
@@ -203,9 +266,11 @@ fn start_load(url: &str, writers: usize) -> Load {
             })
         })
         .collect();
+    handles.push(watch_waits(url, stop.clone(), waits.clone()));
     Load {
         stop,
         samples,
+        waits,
         handles,
     }
 }
@@ -215,39 +280,82 @@ struct Figures {
     max_wait: Duration,
     p99: Duration,
     inserts: usize,
+    /// What blocked the longest insert (from the wait samples), if a lock did.
+    cause: String,
 }
 
-/// Runs `restore` `repeat` times on fresh copies and prints the medians.
-fn measure(n: i64, tpl: &str, label: &str, args: &Args, restore: impl Fn(&str)) -> Figures {
-    let runs: Vec<Figures> = (0..args.repeat.max(1))
-        .map(|_| one_run(n, tpl, args.writers, &restore))
-        .collect();
-    fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
-        v.sort();
-        v[v.len() / 2]
-    }
+/// A labelled way of doing the work, given the URL of a fresh copy.
+type Approach = (String, Box<dyn Fn(&str)>);
+
+fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Prints the medians of `runs` of one approach, and what blocked each run's longest insert.
+fn summarize(n: i64, label: &str, runs: &[Figures]) -> Figures {
     let f = Figures {
         wall: median(runs.iter().map(|r| r.wall).collect()),
         max_wait: median(runs.iter().map(|r| r.max_wait).collect()),
         p99: median(runs.iter().map(|r| r.p99).collect()),
         inserts: median(runs.iter().map(|r| r.inserts).collect()),
+        cause: String::new(),
     };
     let all_max: Vec<String> = runs
         .iter()
         .map(|r| format!("{:.1}", r.max_wait.as_secs_f64() * 1000.0))
         .collect();
+    let all_wall: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.2}", r.wall.as_secs_f64()))
+        .collect();
     println!(
-        "| {n:>10} | {label:<16} | {:>8.2} | {:>13.1} | {:>8.2} | {:>8} | {} |",
+        "| {n:>10} | {label:<24} | {:>8.2} | {:>13.1} | {:>8.2} | {:>8} | {} | {} |",
         f.wall.as_secs_f64(),
         f.max_wait.as_secs_f64() * 1000.0,
         f.p99.as_secs_f64() * 1000.0,
         f.inserts,
+        all_wall.join(" / "),
         all_max.join(" / ")
     );
     f
 }
 
-fn one_run(n: i64, tpl: &str, writers: usize, restore: &impl Fn(&str)) -> Figures {
+/// Runs every approach `repeat` times, interleaved (so that a noisy stretch of the machine
+/// hits them alike), on fresh copies of `tpl`, and prints one row of medians per approach and
+/// then what blocked each run's longest insert.
+fn compare(n: i64, tpl: &str, args: &Args, approaches: &[Approach]) -> Vec<Figures> {
+    println!(
+        "| messages   | approach                 | wall (s) | max wait (ms) | p99 (ms) | inserts  | wall of each run (s) | max wait of each run (ms) |"
+    );
+    println!(
+        "|-----------:|--------------------------|---------:|--------------:|---------:|---------:|----------------------|---------------------------|"
+    );
+    let mut runs: Vec<Vec<Figures>> = approaches.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.repeat.max(1) {
+        for (i, (_, restore)) in approaches.iter().enumerate() {
+            runs[i].push(one_run(n, tpl, args.writers, restore));
+        }
+    }
+    let medians: Vec<Figures> = approaches
+        .iter()
+        .zip(&runs)
+        .map(|((label, _), r)| summarize(n, label, r))
+        .collect();
+    for ((label, _), r) in approaches.iter().zip(&runs) {
+        for (i, f) in r.iter().enumerate() {
+            println!(
+                "#   {label}, run {}: longest insert {:.1} ms, {}",
+                i + 1,
+                f.max_wait.as_secs_f64() * 1000.0,
+                f.cause
+            );
+        }
+    }
+    medians
+}
+
+fn one_run(n: i64, tpl: &str, writers: usize, restore: &dyn Fn(&str)) -> Figures {
     let name = format!("mcm_bench_run_{n}");
     let mut admin = admin();
     for sql in [
@@ -270,21 +378,24 @@ fn one_run(n: i64, tpl: &str, writers: usize, restore: &impl Fn(&str)) -> Figure
         h.join().unwrap();
     }
     let samples = load.samples.lock().unwrap();
-    let mut during: Vec<Duration> = samples
+    let in_run: Vec<(Instant, Duration)> = samples
         .iter()
         .filter(|(s, _)| *s >= t0 && *s <= t1)
-        .map(|(_, d)| *d)
+        .copied()
         .collect();
+    let mut during: Vec<Duration> = in_run.iter().map(|(_, d)| *d).collect();
     during.sort();
     let p99 = during
         .get(during.len().saturating_mul(99) / 100)
         .copied()
         .unwrap_or_default();
+    let longest = in_run.iter().max_by_key(|(_, d)| *d).copied();
     let f = Figures {
         wall,
         max_wait: during.last().copied().unwrap_or_default(),
         p99,
         inserts: during.len(),
+        cause: cause_of(longest, &load.waits.lock().unwrap()),
     };
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -292,16 +403,114 @@ fn one_run(n: i64, tpl: &str, writers: usize, restore: &impl Fn(&str)) -> Figure
     f
 }
 
+/// What the sampled waits say blocked the insert `longest` (start, duration).
+fn cause_of(longest: Option<(Instant, Duration)>, waits: &[(Instant, String)]) -> String {
+    let Some((start, took)) = longest else {
+        return "no insert".into();
+    };
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for (at, what) in waits
+        .iter()
+        .filter(|(at, _)| *at >= start && *at <= start + took)
+    {
+        let _ = at;
+        match seen.iter_mut().find(|(w, _)| w == what) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((what.clone(), 1)),
+        }
+    }
+    if seen.is_empty() {
+        return "no lock wait seen (CPU, I/O or the server's own work)".into();
+    }
+    seen.sort_by_key(|s| std::cmp::Reverse(s.1));
+    seen.iter()
+        .map(|(w, n)| format!("blocked by `{w}` ({n} samples)"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn spec_sql(url: &str) {
     let mut c = Client::connect(url, NoTls).unwrap();
     c.batch_execute(SPEC_SQL).expect("the spec's SQL");
 }
 
-fn runner(jobs: usize) -> impl Fn(&str) {
+fn runner(jobs: usize, target: i64) -> impl Fn(&str) {
     move |url: &str| {
         let mut s = Settings::new(url);
         s.jobs = jobs;
+        s.target = Some(target);
         meta_chat_migrations::migrate(&s).expect("the runner");
+    }
+}
+
+/// Another build of the runner, as a command: `migrate --target 20251121000003`.
+fn other_build(bin: &str, url: &str) {
+    let out = std::process::Command::new(bin)
+        .args([
+            "--database-url",
+            url,
+            "migrate",
+            "--target",
+            "20251121000003",
+        ])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run --compare-bin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What 20251121000004 does when applied without the runner: its generated, blocking SQL.
+fn consistency_sql(url: &str) {
+    let mut c = Client::connect(url, NoTls).unwrap();
+    c.batch_execute(&meta_chat_migrations::plan::fallback_sql(
+        embedded::TENANT_CONSISTENT_MESSAGES,
+    ))
+    .expect("the blocking SQL");
+}
+
+/// A copy of `tpl` at 20251121000003 (the tenant keys restored by the runner, without load),
+/// for comparing the tenant-consistency version alone.
+fn template_at_03(tpl: &str) -> String {
+    let name = format!("{tpl}_at_03");
+    let mut admin = admin();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .unwrap()
+        .is_some();
+    if !exists {
+        let building = format!("{name}_building");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
+            format!("CREATE DATABASE {building} TEMPLATE {tpl}"),
+        ] {
+            admin.batch_execute(&sql).unwrap();
+        }
+        let mut s = Settings::new(db_url(&building));
+        s.target = Some(embedded::RESTORE_API_LOGS_TENANT_FK);
+        meta_chat_migrations::migrate(&s).expect("migrate the template to 20251121000003");
+        Client::connect(&db_url(&building), NoTls)
+            .unwrap()
+            .batch_execute("VACUUM (FREEZE, ANALYZE)")
+            .unwrap();
+        admin
+            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .unwrap();
+    }
+    name
+}
+
+fn ratios(n: i64, what: &str, spec: &Figures, others: &[(String, &Figures)]) {
+    for (label, b) in others {
+        println!(
+            "# {n} messages, {what}: {label} / blocking SQL: wall {:.2}x, max wait {:.3}x, inserts {:.2}x",
+            b.wall.as_secs_f64() / spec.wall.as_secs_f64(),
+            b.max_wait.as_secs_f64() / spec.max_wait.as_secs_f64(),
+            b.inserts as f64 / spec.inserts.max(1) as f64
+        );
     }
 }
 
@@ -310,45 +519,62 @@ fn main() {
         .try_init();
     let args = parse_args();
     println!(
-        "# restore of both tenant FKs and indexes under {} concurrent writers",
-        args.writers
+        "# restores under {} concurrent writers, {} run(s) of each approach, interleaved; medians",
+        args.writers, args.repeat
     );
-    let mut rows = Vec::new();
     for &n in &args.sizes {
         let tpl = template(n);
-        println!(
-            "| messages   | approach         | wall (s) | max wait (ms) | p99 (ms) | inserts  | max wait of each run (ms) |"
-        );
-        println!(
-            "|-----------:|------------------|---------:|--------------:|---------:|---------:|---------------------------|"
-        );
-        let a = measure(n, &tpl, "spec SQL", &args, spec_sql);
-        let b1 = measure(n, &tpl, "runner --jobs 1", &args, runner(1));
-        let b2 = measure(n, &tpl, "runner --jobs 2", &args, runner(2));
-        for (label, b) in [("--jobs 1", &b1), ("--jobs 2", &b2)] {
-            println!(
-                "# {n} messages, runner {label} / spec SQL: wall {:.2}x, max wait {:.3}x, p99 {:.2}x, inserts {:.2}x",
-                b.wall.as_secs_f64() / a.wall.as_secs_f64(),
-                b.max_wait.as_secs_f64() / a.max_wait.as_secs_f64(),
-                b.p99.as_secs_f64() / a.p99.as_secs_f64().max(1e-9),
-                b.inserts as f64 / a.inserts.max(1) as f64
-            );
+        println!("# both tenant keys and their indexes (20251121000002 and 20251121000003)");
+        let mut approaches: Vec<Approach> = vec![("spec SQL".into(), Box::new(spec_sql))];
+        for &j in &args.jobs {
+            approaches.push((
+                format!("runner --jobs {j}"),
+                Box::new(runner(j, embedded::RESTORE_API_LOGS_TENANT_FK)),
+            ));
         }
-        rows.push((n, a, b1, b2));
+        if let Some(bin) = args.compare_bin.clone() {
+            approaches.push((
+                "--compare-bin".into(),
+                Box::new(move |url: &str| other_build(&bin, url)),
+            ));
+        }
+        let figures = compare(n, &tpl, &args, &approaches);
+        let others: Vec<(String, &Figures)> = approaches
+            .iter()
+            .skip(1)
+            .map(|(l, _)| l.clone())
+            .zip(figures.iter().skip(1))
+            .collect();
+        ratios(n, "tenant keys", &figures[0], &others);
+
+        println!("# tenant consistency (20251121000004), from a copy at 20251121000003");
+        let at_03 = template_at_03(&tpl);
+        let approaches: Vec<Approach> = vec![
+            ("its blocking SQL".into(), Box::new(consistency_sql)),
+            (
+                format!(
+                    "runner --jobs {}",
+                    meta_chat_migrations::config::DEFAULT_JOBS
+                ),
+                Box::new(runner(
+                    meta_chat_migrations::config::DEFAULT_JOBS,
+                    embedded::TENANT_CONSISTENT_MESSAGES,
+                )),
+            ),
+        ];
+        let figures = compare(n, &at_03, &args, &approaches);
+        ratios(
+            n,
+            "tenant consistency",
+            &figures[0],
+            &[(approaches[1].0.clone(), &figures[1])],
+        );
         if !args.keep {
-            admin()
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {tpl} WITH (FORCE)"))
-                .unwrap();
+            for db in [&at_03, &tpl] {
+                admin()
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .unwrap();
+            }
         }
-    }
-    if rows.len() >= 2 {
-        let (n0, a0, b0, c0) = &rows[0];
-        let (n1, a1, b1, c1) = &rows[rows.len() - 1];
-        println!(
-            "# growth {n0} -> {n1} messages: max wait spec SQL {:.2}x, runner --jobs 1 {:.2}x, runner --jobs 2 {:.2}x",
-            a1.max_wait.as_secs_f64() / a0.max_wait.as_secs_f64(),
-            b1.max_wait.as_secs_f64() / b0.max_wait.as_secs_f64(),
-            c1.max_wait.as_secs_f64() / c0.max_wait.as_secs_f64()
-        );
     }
 }

@@ -74,7 +74,9 @@ impl Found {
             return Some(format!("{version} implies messages and api_logs partitioned by month; they are not both partitioned"));
         }
         for p in PLANS.iter().filter(|p| p.version <= version) {
-            let ops: Vec<&Op> = p.phases.iter().flat_map(|ops| ops.iter()).collect();
+            let mut ops: Vec<&Op> = p.phases.iter().flat_map(|ops| ops.iter()).collect();
+            // Keys first, then indexes, whatever order the phases run them in.
+            ops.sort_by_key(|op| matches!(op, Op::Index(_)));
             if let Some(op) = ops.iter().find(|op| !self.in_place.contains(&op.id())) {
                 let all: Vec<String> = ops.iter().map(|o| describe(o)).collect();
                 return Some(format!(

@@ -110,74 +110,11 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
     settings.schema = cli.schema;
     settings.interrupt = interrupt;
     match cli.command {
-        Command::Migrate(args) => {
-            settings.target = args.target;
-            settings.baseline = args.baseline;
-            settings.orphans = args.orphans;
-            settings.jobs = args.jobs.into();
-            settings.lock_timeout = args.lock_timeout;
-            settings.lock_retries = args.lock_retries;
-            settings.lock_wait = args.lock_wait;
-            if args.dry_run {
-                let plan = crate::plan(&settings)?;
-                if args.json {
-                    print_json(&plan);
-                } else {
-                    plan.lines().iter().for_each(|l| out!("{l}"));
-                }
-                return Ok(exit::SUCCESS);
-            }
-            let report = crate::migrate(&settings)?;
-            if args.json {
-                print_json(&report);
-            } else {
-                out!(
-                    "{}: at version {} ({} migration(s) applied)",
-                    report.database,
-                    report.to.map_or("none".into(), |v| v.to_string()),
-                    report.applied.len()
-                );
-            }
-            Ok(exit::SUCCESS)
-        }
-        Command::Status(a) => {
-            let status = crate::status(&settings)?;
-            if a.json {
-                print_json(&status);
-            } else {
-                for e in &status.applied {
-                    let mark = if status.divergent.contains(e) {
-                        "DIVERGENT"
-                    } else {
-                        "applied"
-                    };
-                    out!(
-                        "{mark:<9} {} {}  {}",
-                        e.version,
-                        e.name,
-                        e.applied_on.as_deref().unwrap_or("")
-                    );
-                }
-                for e in &status.unknown {
-                    out!(
-                        "UNKNOWN   {} {}  (applied, not in this build)",
-                        e.version,
-                        e.name
-                    );
-                }
-                for e in &status.pending {
-                    out!("pending   {} {}", e.version, e.name);
-                }
-            }
-            Ok(exit::SUCCESS)
-        }
+        Command::Migrate(args) => migrate(settings, args),
+        Command::Status(a) => status(&settings, a.json),
         Command::Check(a) => {
             let report = crate::check(&settings)?;
-            if a.json {
-                print_json(&report);
-            } else {
-                report.lines().iter().for_each(|l| out!("{l}"));
-            }
+            print(a.json, &report, || report.lines());
             Ok(if report.orphan_total() > 0 {
                 exit::ORPHANS
             } else {
@@ -186,13 +123,70 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
         }
         Command::Verify(a) => {
             let report = crate::verify(&settings)?;
-            if a.json {
-                print_json(&report);
-            } else {
-                report.lines().iter().for_each(|l| out!("{l}"));
-            }
+            print(a.json, &report, || report.lines());
             report.into_result().map(|_| exit::SUCCESS)
         }
+    }
+}
+
+fn migrate(mut settings: Settings, args: MigrateArgs) -> Result<i32, Error> {
+    settings.target = args.target;
+    settings.baseline = args.baseline;
+    settings.orphans = args.orphans;
+    settings.jobs = args.jobs.into();
+    settings.lock_timeout = args.lock_timeout;
+    settings.lock_retries = args.lock_retries;
+    settings.lock_wait = args.lock_wait;
+    if args.dry_run {
+        let plan = crate::plan(&settings)?;
+        print(args.json, &plan, || plan.lines());
+        return Ok(exit::SUCCESS);
+    }
+    let report = crate::migrate(&settings)?;
+    print(args.json, &report, || {
+        vec![format!(
+            "{}: at version {} ({} migration(s) applied)",
+            report.database,
+            report.to.map_or("none".into(), |v| v.to_string()),
+            report.applied.len()
+        )]
+    });
+    Ok(exit::SUCCESS)
+}
+
+fn status(settings: &Settings, json: bool) -> Result<i32, Error> {
+    let status = crate::status(settings)?;
+    print(json, &status, || {
+        let mut lines = Vec::new();
+        for e in &status.applied {
+            let mark = if status.divergent.contains(e) {
+                "DIVERGENT"
+            } else {
+                "applied"
+            };
+            let when = e.applied_on.as_deref().unwrap_or("");
+            lines.push(format!("{mark:<9} {} {}  {when}", e.version, e.name));
+        }
+        for e in &status.unknown {
+            lines.push(format!(
+                "UNKNOWN   {} {}  (applied, not in this build)",
+                e.version, e.name
+            ));
+        }
+        for e in &status.pending {
+            lines.push(format!("pending   {} {}", e.version, e.name));
+        }
+        lines
+    });
+    Ok(exit::SUCCESS)
+}
+
+/// The value as one JSON document, or its text lines.
+fn print<T: serde::Serialize>(json: bool, value: &T, lines: impl FnOnce() -> Vec<String>) {
+    if json {
+        print_json(value);
+    } else {
+        lines().iter().for_each(|l| out!("{l}"));
     }
 }
 

@@ -235,6 +235,15 @@ fn set_hosts(config: &mut postgres::Config, params: &crate::conninfo::ConnParams
             addrs.len()
         )));
     }
+    set_ports(config, params, hosts.len().max(addrs.len()).max(1))
+}
+
+/// `port`: one for every host, or one per host (empty entries are 5432).
+fn set_ports(
+    config: &mut postgres::Config,
+    params: &crate::conninfo::ConnParams,
+    nhosts: usize,
+) -> Result<()> {
     let ports: Vec<&str> = params
         .get("port")
         .map_or(Vec::new(), |p| p.split(',').collect());
@@ -248,7 +257,6 @@ fn set_hosts(config: &mut postgres::Config, params: &crate::conninfo::ConnParams
             };
         config.port(port);
     }
-    let nhosts = hosts.len().max(addrs.len()).max(1);
     if ports.len() > 1 && ports.len() != nhosts {
         return Err(url_error(format!(
             "{} ports for {nhosts} hosts: give one port, or one per host",

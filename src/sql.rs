@@ -206,6 +206,21 @@ impl ForeignKeyDef {
         )
     }
 
+    /// A condition true for rows of `alias` whose key has a match in the referenced table.
+    pub fn match_condition(&self, alias: &str, schema: &str) -> String {
+        let matches = self
+            .columns
+            .iter()
+            .zip(self.ref_columns)
+            .map(|(c, r)| format!("r.{} = {alias}.{}", Ident::new(*r), Ident::new(*c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!(
+            "EXISTS (SELECT 1 FROM {} r WHERE {matches})",
+            Relation::new(schema, self.references)
+        )
+    }
+
     /// A condition true for rows of `alias` that this key would refuse (MATCH SIMPLE: a row
     /// with a NULL in a key column is not checked).
     pub fn violation_condition(&self, alias: &str, schema: &str) -> String {
@@ -215,17 +230,7 @@ impl ForeignKeyDef {
             .map(|c| format!("{alias}.{} IS NOT NULL", Ident::new(*c)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let matches = self
-            .columns
-            .iter()
-            .zip(self.ref_columns)
-            .map(|(c, r)| format!("r.{} = {alias}.{}", Ident::new(*r), Ident::new(*c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        format!(
-            "{not_null} AND NOT EXISTS (SELECT 1 FROM {} r WHERE {matches})",
-            Relation::new(schema, self.references)
-        )
+        format!("{not_null} AND NOT {}", self.match_condition(alias, schema))
     }
 }
 

@@ -131,75 +131,8 @@ pub fn verify(client: &mut Client, schema: &str) -> Result<VerifyReport> {
     let mut tx = client
         .transaction()
         .map_err(|e| Error::db("starting the verify transaction", e))?;
-    let tag = format!("mcm-verify-{:016x}", fastrand::u64(..));
-    let consistent: bool = tx
-        .query_one(
-            HAS_CONSTRAINT,
-            &[
-                &Relation::new(schema, "messages").to_string(),
-                &MESSAGES_CONVERSATION_TENANT_FK.name,
-            ],
-        )
-        .map_err(|e| Error::db("reading the constraints of messages", e))?
-        .get(0);
-    let fx = Fixture {
-        schema: schema.to_string(),
-        tenant: format!("{tag}-tenant"),
-        other_tenant: format!("{tag}-other-tenant"),
-        third_tenant: format!("{tag}-third-tenant"),
-        own_conversation: format!("{tag}-own-conversation"),
-        other_conversation: format!("{tag}-other-conversation"),
-        message: format!("{tag}-message"),
-        api_log: format!("{tag}-api-log"),
-        consistent,
-    };
-    // Counted before the fixture exists, so that the fixture's own rows never count.
-    let no_orphans = test_no_orphans(&mut tx, schema)?;
-    let (fixture, sql) = test_valid_insert(&mut tx, &fx);
-    let mut outcomes = vec![fixture];
-    let not_run = |what: &str| {
-        Outcome::NotRun(format!(
-            "the test rows could not be written (see TEST 1), so {what} could not be tried"
-        ))
-    };
-    outcomes.push(match &sql {
-        Some(i) => test_invalid_tenant_rejected(&mut tx, &fx, i),
-        None => not_run("an insert with an unknown tenant"),
-    });
-    outcomes.push(match &sql {
-        Some(_) => outcome(test_cascade(&mut tx, &fx)),
-        None => not_run("deleting a tenant"),
-    });
-    outcomes.push(catalog(
-        &mut tx,
-        schema,
-        &[Op::ForeignKey(&MESSAGES_TENANT_FK)],
-        "Constraint exists with correct definition",
-    )?);
-    outcomes.push(catalog(
-        &mut tx,
-        schema,
-        &[Op::Index(&MESSAGES_TENANT_IDX)],
-        "Index messages_tenant_id_idx exists for FK performance",
-    )?);
-    outcomes.push(no_orphans);
-    outcomes.push(test_api_logs(&mut tx, &fx, sql.as_ref())?);
-    outcomes.push(match &sql {
-        Some(i) => outcome(test_cross_tenant_rejected(&mut tx, &fx, i)),
-        None => not_run("a message in another tenant's conversation"),
-    });
-    outcomes.push(catalog(
-        &mut tx,
-        schema,
-        &[Op::ForeignKey(&MESSAGES_CONVERSATION_TENANT_FK)],
-        "messages_conversation_tenant_fkey validated and adopted on every partition",
-    )?);
-    outcomes.push(catalog(
-        &mut tx,
-        schema,
-        &[Op::Index(&CONVERSATIONS_ID_TENANT_KEY)],
-        "Unique index conversations_id_tenant_id_key is valid",
-    )?);
+    let fx = fixture(&mut tx, schema)?;
+    let outcomes = assertions(&mut tx, &fx)?;
     tx.rollback()
         .map_err(|e| Error::db("rolling back the verify transaction", e))?;
     let assertions: Vec<Assertion> = outcomes
@@ -221,6 +154,86 @@ pub fn verify(client: &mut Client, schema: &str) -> Result<VerifyReport> {
         .collect();
     let passed = assertions.iter().all(|a| a.passed);
     Ok(VerifyReport { passed, assertions })
+}
+
+fn fixture(tx: &mut Transaction<'_>, schema: &str) -> Result<Fixture> {
+    let tag = format!("mcm-verify-{:016x}", fastrand::u64(..));
+    let messages = Relation::new(schema, "messages").to_string();
+    let consistent: bool = tx
+        .query_one(
+            HAS_CONSTRAINT,
+            &[&messages, &MESSAGES_CONVERSATION_TENANT_FK.name],
+        )
+        .map_err(|e| Error::db("reading the constraints of messages", e))?
+        .get(0);
+    Ok(Fixture {
+        schema: schema.to_string(),
+        tenant: format!("{tag}-tenant"),
+        other_tenant: format!("{tag}-other-tenant"),
+        third_tenant: format!("{tag}-third-tenant"),
+        own_conversation: format!("{tag}-own-conversation"),
+        other_conversation: format!("{tag}-other-conversation"),
+        message: format!("{tag}-message"),
+        api_log: format!("{tag}-api-log"),
+        consistent,
+    })
+}
+
+/// The ten assertions, in order.
+fn assertions(tx: &mut Transaction<'_>, fx: &Fixture) -> Result<Vec<Outcome>> {
+    let schema = fx.schema.as_str();
+    // Counted before the fixture exists, so that the fixture's own rows never count.
+    let no_orphans = test_no_orphans(tx, schema)?;
+    let (fixture, sql) = test_valid_insert(tx, fx);
+    let not_run = |what: &str| {
+        Outcome::NotRun(format!(
+            "the test rows could not be written (see TEST 1), so {what} could not be tried"
+        ))
+    };
+    let mut outcomes = vec![fixture];
+    outcomes.push(match &sql {
+        Some(i) => test_invalid_tenant_rejected(tx, fx, i),
+        None => not_run("an insert with an unknown tenant"),
+    });
+    outcomes.push(match &sql {
+        Some(_) => outcome(test_cascade(tx, fx)),
+        None => not_run("deleting a tenant"),
+    });
+    let fk = [Op::ForeignKey(&MESSAGES_TENANT_FK)];
+    outcomes.push(catalog(
+        tx,
+        schema,
+        &fk,
+        "Constraint exists with correct definition",
+    )?);
+    let idx = [Op::Index(&MESSAGES_TENANT_IDX)];
+    outcomes.push(catalog(
+        tx,
+        schema,
+        &idx,
+        "Index messages_tenant_id_idx exists for FK performance",
+    )?);
+    outcomes.push(no_orphans);
+    outcomes.push(test_api_logs(tx, fx, sql.as_ref())?);
+    outcomes.push(match &sql {
+        Some(i) => outcome(test_cross_tenant_rejected(tx, fx, i)),
+        None => not_run("a message in another tenant's conversation"),
+    });
+    let fk = [Op::ForeignKey(&MESSAGES_CONVERSATION_TENANT_FK)];
+    outcomes.push(catalog(
+        tx,
+        schema,
+        &fk,
+        "messages_conversation_tenant_fkey validated and adopted on every partition",
+    )?);
+    let idx = [Op::Index(&CONVERSATIONS_ID_TENANT_KEY)];
+    outcomes.push(catalog(
+        tx,
+        schema,
+        &idx,
+        "Unique index conversations_id_tenant_id_key is valid",
+    )?);
+    Ok(outcomes)
 }
 
 /// A catalog assertion: the declared operations are in place, exactly as declared.

@@ -56,8 +56,13 @@ const INSERT_INTO_MARCH: &str =
 /// session holding SHARE UPDATE EXCLUSIVE on it: the runner's VALIDATE of that partition must
 /// wait for it, and no insert conflicts with it. Returns the session and its pid.
 fn hold_off_the_march_validation(db: &TestDb) -> (postgres::Client, i32) {
+    // The partition's index is in place already, so that its validation is the runner's only
+    // step there (the index is built first where it is missing, and would wait instead).
     db.client()
-        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID")
+        .batch_execute("ALTER TABLE messages_2025_03 ADD CONSTRAINT messages_tenant_id_fkey FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE NOT VALID;
+                        CREATE INDEX messages_tenant_id_idx ON ONLY messages (\"tenantId\");
+                        CREATE INDEX \"messages_2025_03_tenantId_idx\" ON messages_2025_03 (\"tenantId\");
+                        ALTER INDEX messages_tenant_id_idx ATTACH PARTITION \"messages_2025_03_tenantId_idx\";")
         .unwrap();
     let mut holder = db.client();
     // The pid first: a query inside the transaction would leave a portal holding a snapshot,

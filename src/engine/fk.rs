@@ -12,6 +12,8 @@
 //! referenced table and columns, actions, not deferrable) and, on a partition, if it belongs to
 //! its parent's; any other is a conflict, refused before anything changes.
 
+use std::collections::HashMap;
+
 use postgres::GenericClient;
 
 use super::step::{Action, Step};
@@ -64,23 +66,7 @@ pub(super) fn plan(
     let oids: Vec<u32> = nodes.iter().map(|n| n.oid).collect();
     let states = catalog::constraints_named(c, &oids, fk.name)?;
     let mut plan = OpPlan::new(Op::ForeignKey(fk), nodes);
-    let want = fk.shape(&schema);
-    for node in nodes {
-        if let Some(s) = states.get(&node.oid) {
-            if s.shape.as_ref() != Some(&want) {
-                plan.conflicts.push(Conflict {
-                    object: format!("constraint {} on {}", fk.name, node.rel.plain()),
-                    found: s
-                        .shape
-                        .as_ref()
-                        .map_or("a constraint that is not a foreign key".into(), |f| {
-                            f.to_string()
-                        }),
-                    expected: want.to_string(),
-                });
-            }
-        }
-    }
+    shape_conflicts(&mut plan, fk, &schema, nodes, &states);
     let root = &nodes[0];
     if root.is_leaf() {
         let steps = leaf_steps(fk, &schema, root, states.get(&root.oid));
@@ -116,12 +102,40 @@ pub(super) fn plan(
     Ok(plan)
 }
 
+/// A constraint of the declared name but another shape, anywhere in the tree, is a conflict.
+fn shape_conflicts(
+    plan: &mut OpPlan,
+    fk: &ForeignKeyDef,
+    schema: &str,
+    nodes: &[Node],
+    states: &HashMap<u32, FkState>,
+) {
+    let want = fk.shape(schema);
+    for node in nodes {
+        let Some(s) = states.get(&node.oid) else {
+            continue;
+        };
+        if s.shape.as_ref() != Some(&want) {
+            plan.conflicts.push(Conflict {
+                object: format!("constraint {} on {}", fk.name, node.rel.plain()),
+                found: s
+                    .shape
+                    .as_ref()
+                    .map_or("a constraint that is not a foreign key".into(), |f| {
+                        f.to_string()
+                    }),
+                expected: want.to_string(),
+            });
+        }
+    }
+}
+
 /// With the parent's constraint in place, every partition's must belong to its parent's.
 fn adoption_conflicts(
     plan: &mut OpPlan,
     fk: &ForeignKeyDef,
     nodes: &[Node],
-    states: &std::collections::HashMap<u32, FkState>,
+    states: &HashMap<u32, FkState>,
 ) {
     for node in nodes.iter().skip(1) {
         let parent_con = states.get(&node.parent).map(|s| s.oid);

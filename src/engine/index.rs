@@ -98,29 +98,26 @@ pub(super) fn plan(
     ix: &'static IndexDef,
     nodes: &[Node],
 ) -> Result<OpPlan> {
-    let schema = planner.schema.clone();
-    let oids: Vec<u32> = nodes.iter().map(|n| n.oid).collect();
-    let all = catalog::indexes_on(c, &oids)?;
-    let want = ix.shape();
     let root = &nodes[0];
-    let name = ix.index_in(&schema);
+    let name = ix.index_in(&planner.schema);
     let named = catalog::index_named(c, &name)?;
     let mut plan = OpPlan::new(Op::Index(ix), nodes);
-    if let Some(n) = &named {
-        if n.table != root.oid || n.shape.as_ref() != Some(&want) {
-            plan.conflicts.push(Conflict {
-                object: format!("index {}", name.plain()),
-                found: format!(
-                    "{} on table oid {}",
-                    n.shape
-                        .as_ref()
-                        .map_or("an index of another kind".into(), |s| s.to_string()),
-                    n.table
-                ),
-                expected: format!("{want} on {}", root.rel.plain()),
-            });
-            return Ok(plan);
-        }
+    if let Some(n) = named
+        .as_ref()
+        .filter(|n| n.table != root.oid || n.shape.as_ref() != Some(&ix.shape()))
+    {
+        plan.conflicts.push(Conflict {
+            object: format!("index {}", name.plain()),
+            found: format!(
+                "{} on table oid {}",
+                n.shape
+                    .as_ref()
+                    .map_or("an index of another kind".into(), |s| s.to_string()),
+                n.table
+            ),
+            expected: format!("{} on {}", ix.shape(), root.rel.plain()),
+        });
+        return Ok(plan);
     }
     if root.is_leaf() {
         let steps = match &named {
@@ -131,14 +128,6 @@ pub(super) fn plan(
         plan.push_item(root, steps);
         return Ok(plan);
     }
-    let mut index_of: HashMap<u32, NodeIndex> = HashMap::new();
-    index_of.insert(
-        root.oid,
-        NodeIndex {
-            rel: name.clone(),
-            oid: named.as_ref().map(|n| n.oid),
-        },
-    );
     if named.is_none() {
         plan.before.push(Step::new(
             ix.name,
@@ -148,10 +137,33 @@ pub(super) fn plan(
             locks(Action::CreateOnOnly, &root.rel, &name, None),
         ));
     }
+    let oids: Vec<u32> = nodes.iter().map(|n| n.oid).collect();
+    let all = catalog::indexes_on(c, &oids)?;
+    let root_index = NodeIndex {
+        rel: name,
+        oid: named.map(|n| n.oid),
+    };
+    plan_partitions(&mut plan, ix, planner, nodes, root_index, &all);
+    Ok(plan)
+}
+
+/// Below a partitioned root, level by level: each sub-partitioned level's index (before the
+/// leaves), then each leaf's.
+fn plan_partitions(
+    plan: &mut OpPlan,
+    ix: &IndexDef,
+    planner: &mut Planner,
+    nodes: &[Node],
+    root_index: NodeIndex,
+    all: &[IndexState],
+) {
+    let mut index_of: HashMap<u32, NodeIndex> = HashMap::new();
+    index_of.insert(nodes[0].oid, root_index);
     for node in nodes.iter().skip(1) {
-        let parent = index_of.get(&node.parent).cloned();
-        let Some(parent) = parent else { continue };
-        let (mine, steps) = node_steps(ix, planner, node, &parent, &all, &mut plan.conflicts);
+        let Some(parent) = index_of.get(&node.parent).cloned() else {
+            continue;
+        };
+        let (mine, steps) = node_steps(ix, planner, node, &parent, all, &mut plan.conflicts);
         if node.is_leaf() {
             plan.push_item(node, steps);
         } else {
@@ -159,7 +171,6 @@ pub(super) fn plan(
             index_of.insert(node.oid, mine);
         }
     }
-    Ok(plan)
 }
 
 /// A partition's index: the one attached to its parent's, else what must be done.

@@ -224,7 +224,8 @@ impl OpReport {
     }
 }
 
-/// The leaves of a phase, merged across operations: one queue, a leaf's steps together.
+/// The leaves of a phase, merged across operations: one queue, a leaf's steps together, the
+/// largest first (so that the workers do not end on one big partition while the others idle).
 struct Merged {
     relation: Relation,
     estimated_rows: i64,
@@ -261,65 +262,120 @@ pub(crate) fn run(
 ) -> Result<Vec<OpReport>> {
     ensure_no_conflicts(&plans)?;
     let started = Instant::now();
-    let policy = LockPolicy::of(settings);
-    let counts: Mutex<Vec<BTreeMap<String, usize>>> =
-        Mutex::new(vec![BTreeMap::new(); plans.len()]);
-    let tally = |p: usize, a: Action| {
-        *counts.lock().unwrap()[p]
-            .entry(a.name().into())
-            .or_default() += 1
-    };
-    let on_main = StepCtx {
-        pid: main.pid(),
+    let phase = Phase {
+        settings,
         watch,
-        policy: &policy,
+        policy: LockPolicy::of(settings),
+        counts: Mutex::new(vec![BTreeMap::new(); plans.len()]),
+        plans: &plans,
     };
-    for (p, plan) in plans.iter().enumerate() {
+    let mut spacing = Spacing::default();
+    for plan in &plans {
         announce(plan, settings.jobs);
-        for s in &plan.before {
-            on_main.run(main.client(), s)?;
-            tally(p, s.action);
-        }
     }
-    let items = merge(&plans);
-    let done = AtomicUsize::new(0);
-    pool::for_each(settings, main, &items, |client, pid, item| {
-        let ctx = StepCtx {
-            pid,
-            watch,
-            policy: &policy,
-        };
-        let t = Instant::now();
-        for (p, s) in &item.steps {
-            ctx.run(client, s).map_err(|e| explain_step_error(e, s))?;
-            tally(*p, s.action);
-        }
-        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-        log::info!(
-            "{} ({n} of {}), ~{} rows: {} in {:.2}s",
-            item.relation.plain(),
-            items.len(),
-            item.estimated_rows,
-            describe_steps(&plans, &item.steps),
-            t.elapsed().as_secs_f64()
-        );
-        Ok(())
-    })
-    .inspect_err(|_| {
-        log::error!("the online work stopped at the first error; the next run resumes it")
-    })?;
-    for (p, plan) in plans.iter().enumerate() {
-        for s in &plan.after {
-            on_main.run(main.client(), s)?;
-            tally(p, s.action);
-        }
-    }
-    let reports = finish(main, settings, &plans, counts.into_inner().unwrap())?;
+    phase.on_main(main, |p| &p.before, &mut spacing)?;
+    phase.items(main)?;
+    phase.on_main(main, |p| &p.after, &mut spacing)?;
+    let reports = finish(main, settings, &plans, phase.counts.into_inner().unwrap())?;
     log::info!(
         "online work of this phase finished in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(reports)
+}
+
+/// A phase while it runs: its plans, how to run steps, and what ran, per plan and action.
+struct Phase<'a> {
+    settings: &'a Settings,
+    watch: &'a BlockerWatch,
+    policy: LockPolicy,
+    plans: &'a [OpPlan],
+    counts: Mutex<Vec<BTreeMap<String, usize>>>,
+}
+
+impl Phase<'_> {
+    fn tally(&self, p: usize, a: Action) {
+        *self.counts.lock().unwrap()[p]
+            .entry(a.name().into())
+            .or_default() += 1;
+    }
+
+    fn ctx(&self, pid: i32) -> StepCtx<'_> {
+        StepCtx {
+            pid,
+            watch: self.watch,
+            policy: &self.policy,
+        }
+    }
+
+    /// The steps `which` picks of every plan, in order, on the main connection.
+    fn on_main(
+        &self,
+        main: &mut Conn,
+        which: impl Fn(&OpPlan) -> &Vec<Step>,
+        spacing: &mut Spacing,
+    ) -> Result<()> {
+        let ctx = self.ctx(main.pid());
+        for (p, plan) in self.plans.iter().enumerate() {
+            for s in which(plan) {
+                spacing.before(s, &self.policy)?;
+                ctx.run(main.client(), s)?;
+                self.tally(p, s.action);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every partition's steps, merged across the plans, on the pool.
+    fn items(&self, main: &mut Conn) -> Result<()> {
+        let items = merge(self.plans);
+        let done = AtomicUsize::new(0);
+        pool::for_each(self.settings, main, &items, |client, pid, item| {
+            let ctx = self.ctx(pid);
+            let t = Instant::now();
+            for (p, s) in &item.steps {
+                ctx.run(client, s).map_err(|e| explain_step_error(e, s))?;
+                self.tally(*p, s.action);
+            }
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            log::info!(
+                "{} ({n} of {}), ~{} rows: {} in {:.2}s",
+                item.relation.plain(),
+                items.len(),
+                item.estimated_rows,
+                describe_steps(self.plans, &item.steps),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        })
+        .inspect_err(|_| {
+            log::error!("the online work stopped at the first error; the next run resumes it")
+        })
+    }
+}
+
+/// A pause between two steps of the main connection whose locks block writes: the writes that
+/// queued behind the first get through before the second takes its locks, so that no insert
+/// waits for two of them in a row (the parent adoptions of messages and api_logs both take
+/// ACCESS EXCLUSIVE on tenants, which every insert's key check needs).
+#[derive(Default)]
+struct Spacing {
+    last: Option<Instant>,
+}
+
+const SPACING: std::time::Duration = std::time::Duration::from_millis(150);
+
+impl Spacing {
+    fn before(&mut self, step: &Step, policy: &LockPolicy) -> Result<()> {
+        if !step.bounded {
+            return Ok(());
+        }
+        if let Some(rest) = self.last.and_then(|t| SPACING.checked_sub(t.elapsed())) {
+            policy.interrupt.sleep(rest)?;
+        }
+        self.last = Some(Instant::now());
+        Ok(())
+    }
 }
 
 /// `messages_tenant_id_fkey add-not-valid+validate, messages_tenant_id_idx build+attach`.

@@ -146,9 +146,13 @@ impl StepCtx<'_> {
         Ok(took)
     }
 
+    /// In its own transaction under `SET LOCAL lock_timeout`, retried. It commits without
+    /// waiting for the WAL flush (`synchronous_commit = off`), so its locks, which block writes,
+    /// are released a flush sooner; a step lost in a server crash is simply planned again by the
+    /// next run (and any later synchronous commit flushes it first).
     fn bounded(&self, client: &mut Client, id: &str, sql: &str) -> Result<()> {
         let timeout = format!(
-            "SET LOCAL lock_timeout = '{}ms'",
+            "SET LOCAL lock_timeout = '{}ms'; SET LOCAL synchronous_commit = off",
             self.policy.lock_timeout.as_millis()
         );
         self.policy.run(id, self.pid, self.watch, || {
