@@ -316,3 +316,80 @@ pub fn build_progress(c: &mut impl GenericClient, pid: i32) -> Result<Option<Bui
         tuples_total: r.get(4),
     }))
 }
+
+/// An index (or the index of a primary-key or unique constraint) of a partitioned parent, as a
+/// new partition must carry it.
+#[derive(Clone, Debug)]
+pub struct MirrorIndex {
+    /// What identifies it on any table: its constraint definition, or `[UNIQUE ]USING ...`.
+    pub signature: String,
+    /// `PRIMARY KEY (id, "createdAt")` for a constraint's index.
+    pub constraint_def: Option<String>,
+    pub unique: bool,
+    /// What follows `USING` in its definition: method, columns, INCLUDE, WHERE.
+    pub using: String,
+    /// The column part of its name, as PostgreSQL builds it (`conversationId_createdAt`).
+    pub addition: String,
+    /// `pkey`, `key` or `idx`.
+    pub label: &'static str,
+}
+
+const MIRROR: &str = "SELECT x.indisunique, x.indisprimary, pg_get_indexdef(x.indexrelid), \
+       (SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k WHERE k.conindid = x.indexrelid \
+          AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u')), \
+       ARRAY(SELECT coalesce(a.attname::text, 'expr') FROM unnest(x.indkey::int2[]) WITH ORDINALITY u(n, o) \
+             LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.n \
+             WHERE u.o <= x.indnkeyatts ORDER BY u.o) \
+     FROM pg_index x WHERE x.indrelid = $1 ORDER BY x.indexrelid";
+
+/// Every index of table `oid`, as a partition of it must carry it.
+pub fn indexes_to_mirror(c: &mut impl GenericClient, oid: u32) -> Result<Vec<MirrorIndex>> {
+    let rows = c
+        .query(MIRROR, &[&oid])
+        .map_err(db_err("reading the parent's indexes"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let (unique, primary, def): (bool, bool, String) = (r.get(0), r.get(1), r.get(2));
+            let constraint_def: Option<String> = r.get(3);
+            let columns: Vec<String> = r.get(4);
+            let using = def
+                .split_once(" USING ")
+                .map_or(def.clone(), |(_, u)| u.to_string());
+            let label = match (primary, &constraint_def) {
+                (true, _) => "pkey",
+                (false, Some(_)) => "key",
+                _ => "idx",
+            };
+            MirrorIndex {
+                signature: match &constraint_def {
+                    Some(d) => d.clone(),
+                    None => format!("{}USING {using}", if unique { "UNIQUE " } else { "" }),
+                },
+                addition: if primary {
+                    String::new()
+                } else {
+                    let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+                    crate::sql::index_name_addition(&cols)
+                },
+                constraint_def,
+                unique,
+                using,
+                label,
+            }
+        })
+        .collect())
+}
+
+/// The column names of table `oid`, in order.
+pub fn columns(c: &mut impl GenericClient, oid: u32) -> Result<Vec<String>> {
+    Ok(c
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .map_err(db_err("reading columns"))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}

@@ -7,6 +7,7 @@ use postgres::GenericClient;
 use serde::Serialize;
 
 use crate::catalog;
+use crate::engine::partitions::{self, Window};
 use crate::engine::{self, Action, OpPlan};
 use crate::error::{Error, Result};
 use crate::findings::RuleCount;
@@ -50,9 +51,48 @@ pub struct CheckReport {
     pub cross_tenant: Vec<RuleCount>,
     pub operations: Vec<OpStatus>,
     pub layout: Vec<PartitionLayout>,
+    /// The months each monthly table covers, how far ahead, and what DEFAULT holds.
+    pub windows: Vec<Window>,
+    /// The months a window must reach ahead (`--premake`).
+    pub premake: u32,
 }
 
 impl CheckReport {
+    /// Windows that reach fewer than `premake` months ahead, or whose DEFAULT holds rows.
+    pub fn window_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for w in &self.windows {
+            if w.ahead < self.premake as i32 {
+                out.push(format!(
+                    "{} reaches {} month(s) ahead of {}, fewer than {}: run `meta-chat-migrate partitions`",
+                    w.table.plain(),
+                    w.ahead,
+                    w.current,
+                    self.premake
+                ));
+            }
+            if w.rows_in_default() > 0 {
+                out.push(format!(
+                    "{} holds {} rows in its DEFAULT partition",
+                    w.table.plain(),
+                    w.rows_in_default()
+                ));
+            }
+        }
+        out
+    }
+
+    /// 3 when a key would refuse rows, else 5 when a window falls short, else 0.
+    pub fn exit_code(&self) -> i32 {
+        if self.orphan_total() > 0 {
+            crate::error::exit::ORPHANS
+        } else if !self.window_problems().is_empty() {
+            crate::error::exit::WINDOW
+        } else {
+            crate::error::exit::SUCCESS
+        }
+    }
+
     /// Rows any pre-flight rule would refuse.
     pub fn orphan_total(&self) -> i64 {
         self.orphans
@@ -105,6 +145,9 @@ impl CheckReport {
             } else {
                 out.push(format!("{:<12} {:<13} not partitioned", "layout", l.table));
             }
+        }
+        for w in &self.windows {
+            out.extend(crate::partitions::window_lines(w, self.premake));
         }
         out
     }
@@ -169,7 +212,12 @@ pub(crate) fn problems(plan: &OpPlan) -> Vec<String> {
     out
 }
 
-pub fn check(c: &mut impl GenericClient, schema: &str) -> Result<CheckReport> {
+pub fn check(
+    c: &mut impl GenericClient,
+    schema: &str,
+    premake: u32,
+    as_of: Option<&str>,
+) -> Result<CheckReport> {
     for t in plan::TABLES {
         if !catalog::table_exists(c, &Relation::new(schema, t))? {
             return Err(Error::MissingTable {
@@ -184,6 +232,8 @@ pub fn check(c: &mut impl GenericClient, schema: &str) -> Result<CheckReport> {
         cross_tenant: Vec::new(),
         operations: Vec::new(),
         layout: Vec::new(),
+        windows: Vec::new(),
+        premake,
     };
     for rule in [&plan::ORPHANED_MESSAGES, &plan::ORPHANED_API_LOGS] {
         report.orphans.push(preflight::count(c, rule, schema)?);
@@ -206,8 +256,12 @@ pub fn check(c: &mut impl GenericClient, schema: &str) -> Result<CheckReport> {
             problems: problems(&p),
         });
     }
-    for t in ["messages", "api_logs"] {
-        report.layout.push(layout(c, &Relation::new(schema, t))?);
+    for t in plan::MONTHLY {
+        let table = Relation::new(schema, t);
+        report.layout.push(layout(c, &table)?);
+        report
+            .windows
+            .push(partitions::window(c, &table, premake, as_of)?);
     }
     Ok(report)
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, DEFAULT_JOBS, DEFAULT_SCHEMA};
+use crate::config::{
+    parse_day, parse_duration, DEFAULT_JOBS, DEFAULT_MAX_MOVED_ROWS, DEFAULT_PREMAKE,
+    DEFAULT_SCHEMA,
+};
 use crate::{exit, Error, Interrupt, OrphanPolicy, Settings};
 
 /// `println!` that never panics: a closed stdout (`| head`) is not an error of this program.
@@ -23,8 +26,10 @@ Exit codes:
   1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
      without --baseline, an unexpected catalog, SQL error)
   2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
-  3  orphaned rows found (check, or migrate refusing under --orphans refuse)
-  4  a verify assertion failed
+  3  rows a key would refuse (check, or migrate refusing under --orphans refuse)
+  4  a verify assertion failed or could not run
+  5  check: a partition window reaches fewer than --premake months ahead, or a DEFAULT
+     partition holds rows
   130, 143  stopped by SIGINT or SIGTERM: the run's statements were cancelled on the server
      and the migration lock released";
 
@@ -50,14 +55,69 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Apply pending migrations (the tenant FKs are restored online, without stopping writes).
+    /// Apply pending migrations online, then keep the monthly partitions ahead.
     Migrate(MigrateArgs),
+    /// Create the monthly partitions from the current month through --premake months ahead.
+    Partitions(PartitionsArgs),
     /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing.
     Status(JsonArg),
-    /// Count orphaned rows, show constraint status and partition layout. Exit 3 on orphans.
-    Check(JsonArg),
-    /// Run the spec's seven validation assertions in a rolled-back transaction. Exit 4 on failure.
+    /// Count rows the keys would refuse; show keys, indexes and partition windows. Exit 3 or 5.
+    Check(CheckArgs),
+    /// Run the spec's seven assertions and three of tenant consistency, rolled back. Exit 4 on failure.
     Verify(JsonArg),
+}
+
+#[derive(Args)]
+pub struct LockArgs {
+    /// lock_timeout for DDL whose lock would block writes while it waits.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+    /// Retries (with backoff and jitter) of a step that hit lock_timeout.
+    #[arg(long, default_value_t = 10)]
+    lock_retries: u32,
+    /// How long to wait for the migration lock [default: as long as a live runner holds it]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    lock_wait: Option<Duration>,
+}
+
+#[derive(Args)]
+pub struct WindowArgs {
+    /// Months of partitions to keep ahead of the current one.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREMAKE, value_parser = clap::value_parser!(u32).range(0..=120))]
+    premake: u32,
+    /// Rows that may be moved out of DEFAULT partitions in one run (the move locks DEFAULT).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MOVED_ROWS)]
+    max_moved_rows: u64,
+}
+
+#[derive(Args)]
+pub struct PartitionsArgs {
+    #[command(flatten)]
+    window: WindowArgs,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// The day the window starts from, instead of today (UTC), e.g. to rehearse with --dry-run.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_day)]
+    as_of: Option<String>,
+    /// Print what would be created (months, rows moved from DEFAULT, locks) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Exit 5 when a window of partitions reaches fewer months ahead than this.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREMAKE)]
+    premake: u32,
+    /// The day the window is judged from, instead of today (UTC).
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_day)]
+    as_of: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -83,15 +143,13 @@ pub struct MigrateArgs {
     /// Connections for the per-partition work of the online restore.
     #[arg(long, default_value_t = DEFAULT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
-    /// lock_timeout for DDL whose lock would block writes while it waits.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    lock_timeout: Duration,
-    /// Retries (with backoff and jitter) of a step that hit lock_timeout.
-    #[arg(long, default_value_t = 10)]
-    lock_retries: u32,
-    /// How long to wait for the migration lock [default: as long as a live runner holds it]
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
-    lock_wait: Option<Duration>,
+    #[command(flatten)]
+    lock: LockArgs,
+    #[command(flatten)]
+    window: WindowArgs,
+    /// Do not create the monthly partitions ahead at the end (run `partitions` instead).
+    #[arg(long)]
+    skip_partitions: bool,
     /// Print what migrate would do (versions, steps, locks, pre-flight rows) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -111,15 +169,14 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
     settings.interrupt = interrupt;
     match cli.command {
         Command::Migrate(args) => migrate(settings, args),
+        Command::Partitions(args) => partitions(settings, args),
         Command::Status(a) => status(&settings, a.json),
         Command::Check(a) => {
+            settings.premake = a.premake;
+            settings.as_of = a.as_of;
             let report = crate::check(&settings)?;
             print(a.json, &report, || report.lines());
-            Ok(if report.orphan_total() > 0 {
-                exit::ORPHANS
-            } else {
-                exit::SUCCESS
-            })
+            Ok(report.exit_code())
         }
         Command::Verify(a) => {
             let report = crate::verify(&settings)?;
@@ -134,9 +191,9 @@ fn migrate(mut settings: Settings, args: MigrateArgs) -> Result<i32, Error> {
     settings.baseline = args.baseline;
     settings.orphans = args.orphans;
     settings.jobs = args.jobs.into();
-    settings.lock_timeout = args.lock_timeout;
-    settings.lock_retries = args.lock_retries;
-    settings.lock_wait = args.lock_wait;
+    args.lock.apply(&mut settings);
+    args.window.apply(&mut settings);
+    settings.skip_partitions = args.skip_partitions;
     if args.dry_run {
         let plan = crate::plan(&settings)?;
         print(args.json, &plan, || plan.lines());
@@ -150,6 +207,50 @@ fn migrate(mut settings: Settings, args: MigrateArgs) -> Result<i32, Error> {
             report.to.map_or("none".into(), |v| v.to_string()),
             report.applied.len()
         )]
+    });
+    Ok(exit::SUCCESS)
+}
+
+impl LockArgs {
+    fn apply(&self, settings: &mut Settings) {
+        settings.lock_timeout = self.lock_timeout;
+        settings.lock_retries = self.lock_retries;
+        settings.lock_wait = self.lock_wait;
+    }
+}
+
+impl WindowArgs {
+    fn apply(&self, settings: &mut Settings) {
+        settings.premake = self.premake;
+        settings.max_moved_rows = self.max_moved_rows;
+    }
+}
+
+fn partitions(mut settings: Settings, args: PartitionsArgs) -> Result<i32, Error> {
+    args.lock.apply(&mut settings);
+    args.window.apply(&mut settings);
+    settings.as_of = args.as_of;
+    if args.dry_run {
+        let plan = crate::partitions::plan(&settings)?;
+        print(args.json, &plan, || plan.lines());
+        return Ok(exit::SUCCESS);
+    }
+    let report = crate::partitions(&settings)?;
+    print(args.json, &report, || {
+        let mut lines: Vec<String> = report
+            .created
+            .iter()
+            .map(|c| {
+                format!(
+                    "created {} for {} ({} rows moved from DEFAULT)",
+                    c.partition, c.month, c.rows_moved
+                )
+            })
+            .collect();
+        for w in &report.windows {
+            lines.extend(crate::partitions::window_lines(w, report.premake));
+        }
+        lines
     });
     Ok(exit::SUCCESS)
 }

@@ -9,6 +9,13 @@ use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
 use crate::tls::TlsOptions;
 
+/// Months of partitions kept ahead of the current one.
+pub const DEFAULT_PREMAKE: u32 = 6;
+
+/// Rows moved out of DEFAULT partitions in one run at most, unless `--max-moved-rows` says
+/// otherwise: about one second of DEFAULT's lock at the measured rate.
+pub const DEFAULT_MAX_MOVED_ROWS: u64 = 100_000;
+
 /// The schema migrated unless `--schema` says otherwise.
 pub const DEFAULT_SCHEMA: &str = "public";
 
@@ -61,6 +68,16 @@ pub struct Settings {
     pub schema: String,
     /// How long to wait for the migration lock; `None`: as long as a live runner holds it.
     pub lock_wait: Option<Duration>,
+    /// Months of partitions kept ahead of the current one (`partitions`, and the end of
+    /// `migrate`).
+    pub premake: u32,
+    /// At most this many rows are moved out of DEFAULT partitions in one run (the move holds
+    /// DEFAULT's lock); above it the run is refused.
+    pub max_moved_rows: u64,
+    /// The day the window starts from (`YYYY-MM-DD`), instead of today (UTC): for rehearsals.
+    pub as_of: Option<String>,
+    /// Skip the partition window at the end of `migrate`.
+    pub skip_partitions: bool,
     /// Stops the run (signals, application shutdown); see [`Interrupt`].
     pub interrupt: Interrupt,
 }
@@ -78,6 +95,10 @@ impl Settings {
             baseline: None,
             schema: DEFAULT_SCHEMA.to_string(),
             lock_wait: None,
+            premake: DEFAULT_PREMAKE,
+            max_moved_rows: DEFAULT_MAX_MOVED_ROWS,
+            as_of: None,
+            skip_partitions: false,
             interrupt: Interrupt::new(),
         }
     }
@@ -113,6 +134,10 @@ impl fmt::Debug for Settings {
             .field("baseline", &self.baseline)
             .field("schema", &self.schema)
             .field("lock_wait", &self.lock_wait)
+            .field("premake", &self.premake)
+            .field("max_moved_rows", &self.max_moved_rows)
+            .field("as_of", &self.as_of)
+            .field("skip_partitions", &self.skip_partitions)
             .finish()
     }
 }
@@ -415,6 +440,24 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     };
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{:?} is not a duration this runner can wait", shown(text)))
+}
+
+/// Parses `YYYY-MM-DD` (`--as-of`).
+pub fn parse_day(text: &str) -> std::result::Result<String, String> {
+    let t = text.trim();
+    let parts: Vec<&str> = t.split('-').collect();
+    let ok = parts.len() == 3
+        && parts[0].len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1].parse::<u32>().is_ok_and(|m| (1..=12).contains(&m))
+        && parts[2].parse::<u32>().is_ok_and(|d| (1..=31).contains(&d));
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(format!("{:?} is not a day like 2027-01-15", shown(text)))
+    }
 }
 
 /// A value as it may be echoed: at most 40 characters.

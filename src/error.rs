@@ -16,6 +16,9 @@ pub mod exit {
     pub const VERIFY_FAILED: i32 = 4;
     /// Stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), as shells do.
     pub const SIGNAL_BASE: i32 = 128;
+    /// `check`: a partition window reaches less than `--premake` months ahead, or a DEFAULT
+    /// partition holds rows.
+    pub const WINDOW: i32 = 5;
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;
 }
@@ -150,6 +153,14 @@ pub enum Error {
 
     #[error("schema {schema}: {detail}; nothing was changed")]
     Schema { schema: String, detail: String },
+
+    #[error("moving {total} rows out of DEFAULT partitions ({months}) would hold ACCESS EXCLUSIVE on them for about {seconds:.1}s per month, and every read that cannot skip DEFAULT would wait: that is above --max-moved-rows {limit}; nothing was changed: rerun at a quiet time with --max-moved-rows {total} to accept that lock")]
+    TooManyRowsToMove {
+        months: String,
+        total: i64,
+        limit: u64,
+        seconds: f64,
+    },
 }
 
 fn connect_advice(sqlstate: Option<&str>) -> &'static str {

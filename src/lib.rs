@@ -35,6 +35,7 @@ pub mod findings;
 pub mod history;
 pub mod interrupt;
 pub mod migrate;
+pub mod partitions;
 pub mod plan;
 pub mod preflight;
 pub(crate) mod schema;
@@ -61,7 +62,12 @@ pub fn status(settings: &Settings) -> Result<history::Status> {
 /// `check`: orphan counts, constraint status and partition layout. Read-only.
 pub fn check(settings: &Settings) -> Result<check::CheckReport> {
     let mut conn = db::connect_with_wait(settings)?;
-    check::check(conn.client(), &settings.schema)
+    check::check(
+        conn.client(),
+        &settings.schema,
+        settings.premake,
+        settings.as_of.as_deref(),
+    )
 }
 
 /// `verify`: the spec's seven assertions and this crate's own, inside a transaction that is
@@ -75,4 +81,10 @@ pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
 /// waits for the migration lock.
 pub fn plan(settings: &Settings) -> Result<dryrun::MigratePlan> {
     dryrun::plan(settings)
+}
+
+/// `partitions`: every monthly table has a partition from the current month through
+/// `settings.premake` months ahead, created online under the migration lock.
+pub fn partitions(settings: &Settings) -> Result<partitions::PartitionsReport> {
+    partitions::run(settings)
 }

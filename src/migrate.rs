@@ -37,6 +37,8 @@ pub struct MigrateReport {
     pub applied: Vec<Entry>,
     pub orphans_resolved: Vec<Resolved>,
     pub online: Vec<OpReport>,
+    /// The partition window, kept at the end of a run that leaves the latest version.
+    pub partitions: Option<crate::partitions::PartitionsReport>,
 }
 
 impl MigrateReport {
@@ -331,6 +333,7 @@ fn migrate_locked(
         applied: Vec::new(),
         orphans_resolved: Vec::new(),
         online: Vec::new(),
+        partitions: None,
     };
     // Where the tables already exist, the first batch's checks and pre-flight come before any
     // change (a refusal then changes nothing, not even a baseline).
@@ -364,6 +367,9 @@ fn migrate_locked(
         report.to.map_or("none".into(), |v| v.to_string()),
         report.applied.len()
     );
+    if report.to == Some(embedded::latest()) && !settings.skip_partitions {
+        report.partitions = Some(crate::partitions::maintain(settings, main, lock.watch())?);
+    }
     Ok(report)
 }
 

@@ -23,6 +23,9 @@ pub const TENANT_CONSISTENT_MESSAGES: i64 = 20251121000004;
 /// The tables of the platform's schema.
 pub const TABLES: [&str; 4] = ["tenants", "conversations", "messages", "api_logs"];
 
+/// The tables partitioned by month, whose window of partitions `partitions` keeps ahead.
+pub const MONTHLY: [&str; 2] = ["messages", "api_logs"];
+
 /// One operation the engine performs online. FK and index operations work per relation, so a
 /// partitioned table, each of its partitions, and a standalone table are handled alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -183,10 +183,15 @@ fn baseline_then_the_rest_adopts_the_database() {
         2000
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM _prisma_migrations"), 3);
-    // The FK covers Prisma's own partition names.
+    // The FK covers Prisma's own partition names, and the months the runner created after
+    // them (through the window's end) too.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_tenant_id_fkey' AND conparentid <> 0 AND conrelid::regclass::text IN ('messages_y2025m01', 'messages_y2025m02', 'messages_rest')"),
+        3
+    );
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_tenant_id_fkey' AND conparentid <> 0"),
-        3
+        count(&mut c, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass")
     );
     let out = db.run(&["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));

@@ -112,6 +112,8 @@ fn same_as_the_blocking_sql(setup: &str) -> Vec<String> {
         .unwrap();
     c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
         .unwrap();
+    let out = plain.run(&["partitions"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let expected = tenant_catalog(&mut c);
 
     let db = seeded_broken();

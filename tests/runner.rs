@@ -45,14 +45,14 @@ fn migrate_twice_is_a_no_op() {
     assert_eq!(tenant_catalog(&mut db.client()), catalog);
 }
 
-fn insert_into_2027_01(
+fn insert_into_2040_01(
     c: &mut postgres::Client,
     tenant: &str,
     conversation: &str,
 ) -> postgres::error::DbError {
     c.execute(
         "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
-         VALUES ('m', $1, $2, 'user', 'x', '2027-01-15')",
+         VALUES ('m', $1, $2, 'user', 'x', '2040-01-15')",
         &[&tenant, &conversation],
     )
     .unwrap_err()
@@ -61,30 +61,31 @@ fn insert_into_2027_01(
     .clone()
 }
 
-/// Partitions created later with `CREATE TABLE ... PARTITION OF` enforce the keys: the tenant
+/// Partitions created later by hand with `CREATE TABLE ... PARTITION OF` (a month beyond the
+/// window the runner keeps) enforce the keys: the tenant
 /// key (shown at 20251121000003, where it is the only key a row with an unknown tenant breaks),
 /// and the tenant-consistency key.
 #[test]
 fn a_partition_created_after_the_restore_enforces_the_fk() {
-    let setup = "CREATE TABLE messages_2027_01 PARTITION OF messages FOR VALUES FROM ('2027-01-01') TO ('2027-02-01');
+    let setup = "CREATE TABLE messages_2040_01 PARTITION OF messages FOR VALUES FROM ('2040-01-01') TO ('2040-02-01');
          INSERT INTO tenants (id, name) VALUES ('t', 'T'), ('u', 'U');
          INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');";
     let db = TestDb::at(embedded::RESTORE_API_LOGS_TENANT_FK);
     let mut c = db.client();
     c.batch_execute(setup).unwrap();
-    let err = insert_into_2027_01(&mut c, "nobody", "c");
+    let err = insert_into_2040_01(&mut c, "nobody", "c");
     assert_eq!(err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
     assert_eq!(err.constraint(), Some("messages_tenant_id_fkey"));
-    assert_eq!(err.table(), Some("messages_2027_01"));
+    assert_eq!(err.table(), Some("messages_2040_01"));
 
     let db = TestDb::new();
     meta_chat_migrations::migrate(&db.settings()).unwrap();
     let mut c = db.client();
     c.batch_execute(setup).unwrap();
-    let err = insert_into_2027_01(&mut c, "u", "c");
+    let err = insert_into_2040_01(&mut c, "u", "c");
     assert_eq!(err.code(), &SqlState::FOREIGN_KEY_VIOLATION);
     assert_eq!(err.constraint(), Some("messages_conversation_tenant_fkey"));
-    assert_eq!(err.table(), Some("messages_2027_01"));
+    assert_eq!(err.table(), Some("messages_2040_01"));
     let out = db.run(&["verify"]);
     assert_eq!(
         out.status.code(),

@@ -10,6 +10,7 @@
 
 pub(crate) mod fk;
 pub(crate) mod index;
+pub mod partitions;
 pub(crate) mod pool;
 pub mod step;
 
@@ -148,6 +149,25 @@ impl Planner {
         if !missing.is_empty() {
             self.taken.extend(catalog::names_in(c, &missing)?);
             self.loaded.extend(missing);
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is taken in `schema` (loaded, or chosen by this plan).
+    pub(crate) fn is_taken(&self, schema: &str, name: &str) -> bool {
+        self.taken.contains(&(schema.to_string(), name.to_string()))
+    }
+
+    /// Marks `name` taken in `schema`.
+    pub(crate) fn take(&mut self, schema: &str, name: &str) {
+        self.taken.insert((schema.to_string(), name.to_string()));
+    }
+
+    /// Loads the names of `schema` if not yet loaded.
+    pub(crate) fn load_schema(&mut self, c: &mut impl GenericClient, schema: &str) -> Result<()> {
+        if self.loaded.insert(schema.to_string()) {
+            self.taken
+                .extend(catalog::names_in(c, &[schema.to_string()])?);
         }
         Ok(())
     }

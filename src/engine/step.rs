@@ -63,6 +63,21 @@ pub enum Action {
     Build,
     /// `ALTER INDEX ... ATTACH PARTITION`.
     Attach,
+    /// A new month's table, standalone, `LIKE` its parent, with a CHECK of its bounds.
+    CreateTable,
+    /// The parent's indexes and key constraints, built on the new (empty) table.
+    CreateIndexes,
+    /// A CHECK on the DEFAULT partition that excludes the new month, `NOT VALID`.
+    AddExclusion,
+    /// `VALIDATE` of that CHECK: scans DEFAULT, writes go on.
+    ValidateExclusion,
+    /// `ALTER TABLE ... ATTACH PARTITION` of the new month.
+    AttachPartition,
+    /// The month's rows moved out of DEFAULT into the new table, and the table attached, in one
+    /// transaction.
+    MoveAndAttach,
+    /// The helper CHECKs dropped (the partition bound says the same).
+    DropChecks,
 }
 
 impl Action {
@@ -77,14 +92,26 @@ impl Action {
             Action::DropInvalid => "drop-invalid",
             Action::Build => "build",
             Action::Attach => "attach",
+            Action::CreateTable => "create-table",
+            Action::CreateIndexes => "create-indexes",
+            Action::AddExclusion => "add-exclusion",
+            Action::ValidateExclusion => "validate-exclusion",
+            Action::AttachPartition => "attach-partition",
+            Action::MoveAndAttach => "move-and-attach",
+            Action::DropChecks => "drop-checks",
         }
     }
 
     /// Bounded (its lock blocks writes, even while queued) or patient.
     pub fn bounded(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Action::AddNotValid | Action::Adopt | Action::CreateOnOnly | Action::Attach
+            Action::Validate
+                | Action::ValidateParent
+                | Action::AwaitBuild
+                | Action::DropInvalid
+                | Action::Build
+                | Action::ValidateExclusion
         )
     }
 }

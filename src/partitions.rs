@@ -1,0 +1,355 @@
+//! `partitions`: the monthly tables (`messages`, `api_logs`) have a partition for every month
+//! from the current one (UTC) through `--premake` months ahead, created online by the engine's
+//! partition operation ([`crate::engine::partitions`]) under the migration lock, at the end of
+//! every `migrate` that leaves the database at the latest version and alone (to run daily).
+//!
+//! Rows already in DEFAULT for a month being created move into it as part of creating it; their
+//! total is bounded by `--max-moved-rows` (the move holds DEFAULT's lock). Rows in DEFAULT
+//! outside the window (before the first partition, or beyond the window) are reported and left
+//! where they are.
+
+use serde::Serialize;
+
+use crate::config::{DbTarget, Settings};
+use crate::db::{BlockerWatch, Conn, LockPolicy};
+use crate::engine::partitions::{self as months, MonthPlan, MonthRows, Window};
+use crate::engine::step::{Step, StepCtx};
+use crate::engine::Planner;
+use crate::error::{Error, Result};
+use crate::plan::MONTHLY;
+use crate::sql::Relation;
+
+/// Rows moved out of DEFAULT per second while a month is created, measured by `cargo bench
+/// --bench partitions` on the development machine (1M rows of `messages`); used to estimate the
+/// lock a move holds.
+pub const MOVED_ROWS_PER_SECOND: f64 = 100_000.0;
+
+/// A month created.
+#[derive(Clone, Debug, Serialize)]
+pub struct Created {
+    pub table: String,
+    pub month: String,
+    pub partition: String,
+    pub rows_moved: i64,
+}
+
+/// Rows left in DEFAULT outside the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outside {
+    pub table: String,
+    pub month: String,
+    pub rows: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionsReport {
+    pub premake: u32,
+    pub created: Vec<Created>,
+    /// Each table's window after the run.
+    pub windows: Vec<Window>,
+    pub outside: Vec<Outside>,
+}
+
+/// What `partitions --dry-run` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionsPlan {
+    pub database: DbTarget,
+    pub schema: String,
+    pub premake: u32,
+    pub windows: Vec<Window>,
+    pub months: Vec<MonthPlan>,
+    /// Helper CHECKs an interrupted run left, to drop.
+    pub leftovers: Vec<Step>,
+    pub outside: Vec<Outside>,
+    /// Why the run would be refused (rows to move above `--max-moved-rows`).
+    pub refused: Option<String>,
+    pub lock_timeout_ms: u128,
+    pub lock_retries: u32,
+}
+
+fn tables(settings: &Settings) -> Vec<Relation> {
+    MONTHLY
+        .iter()
+        .map(|t| Relation::new(&settings.schema, *t))
+        .collect()
+}
+
+/// Every table's window, the months it lacks and the helper CHECKs an interrupted run left,
+/// planned. Read-only.
+struct Planned {
+    windows: Vec<Window>,
+    months: Vec<MonthPlan>,
+    leftovers: Vec<Step>,
+}
+
+fn plan_all(c: &mut postgres::Client, settings: &Settings) -> Result<Planned> {
+    let mut planner = Planner::new(c, &settings.schema)?;
+    let mut p = Planned {
+        windows: Vec::new(),
+        months: Vec::new(),
+        leftovers: Vec::new(),
+    };
+    for table in tables(settings) {
+        let w = months::window(c, &table, settings.premake, settings.as_of.as_deref())?;
+        p.leftovers.extend(months::leftovers(c, &w)?);
+        p.months.extend(months::plan(c, &mut planner, &w)?);
+        p.windows.push(w);
+    }
+    Ok(p)
+}
+
+/// Rows in DEFAULT of months the window does not create.
+fn outside(windows: &[Window]) -> Vec<Outside> {
+    windows
+        .iter()
+        .flat_map(|w| {
+            w.default_rows
+                .iter()
+                .filter(|m| !w.missing.contains(&m.month))
+                .map(|MonthRows { month, rows }| Outside {
+                    table: w.table.plain(),
+                    month: month.clone(),
+                    rows: *rows,
+                })
+        })
+        .collect()
+}
+
+/// `Err` when the rows to move exceed `--max-moved-rows`, naming the months, the counts and
+/// the estimated lock time.
+fn within_limit(plans: &[MonthPlan], settings: &Settings) -> Result<()> {
+    let moving: Vec<&MonthPlan> = plans.iter().filter(|p| p.rows_from_default > 0).collect();
+    let total: i64 = moving.iter().map(|p| p.rows_from_default).sum();
+    if total as u64 <= settings.max_moved_rows {
+        return Ok(());
+    }
+    Err(Error::TooManyRowsToMove {
+        months: moving
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}: {} rows",
+                    p.table.plain(),
+                    p.month,
+                    p.rows_from_default
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        total,
+        limit: settings.max_moved_rows,
+        seconds: moving
+            .iter()
+            .map(|p| p.rows_from_default as f64 / MOVED_ROWS_PER_SECOND)
+            .fold(0.0, f64::max),
+    })
+}
+
+/// Creates the months every table lacks, under the migration lock the caller holds.
+pub(crate) fn maintain(
+    settings: &Settings,
+    main: &mut Conn,
+    watch: &BlockerWatch,
+) -> Result<PartitionsReport> {
+    let Planned {
+        windows,
+        months: plans,
+        leftovers,
+    } = plan_all(main.client(), settings)?;
+    within_limit(&plans, settings)?;
+    let left = outside(&windows);
+    for o in &left {
+        log::warn!(
+            "{}: {} rows of {} in its DEFAULT partition, outside the window: left there (move them, or create that month by hand)",
+            o.table, o.rows, o.month
+        );
+    }
+    let policy = LockPolicy::of(settings);
+    let ctx = StepCtx {
+        pid: main.pid(),
+        watch,
+        policy: &policy,
+    };
+    for s in &leftovers {
+        ctx.run(main.client(), s)?;
+    }
+    let mut created = Vec::new();
+    for p in &plans {
+        for s in &p.steps {
+            ctx.run(main.client(), s)?;
+        }
+        log::info!(
+            "{}: created {} for {} ({} rows moved from DEFAULT)",
+            p.table.plain(),
+            p.partition.plain(),
+            p.month,
+            p.rows_from_default
+        );
+        created.push(Created {
+            table: p.table.plain(),
+            month: p.month.clone(),
+            partition: p.partition.plain(),
+            rows_moved: p.rows_from_default,
+        });
+    }
+    let windows = tables(settings)
+        .iter()
+        .map(|t| {
+            months::window(
+                main.client(),
+                t,
+                settings.premake,
+                settings.as_of.as_deref(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for w in &windows {
+        log::info!(
+            "{}: partitions {} .. {}, {} month(s) ahead of {}",
+            w.table.plain(),
+            w.first.as_deref().unwrap_or("-"),
+            w.last.as_deref().unwrap_or("-"),
+            w.ahead,
+            w.current
+        );
+    }
+    Ok(PartitionsReport {
+        premake: settings.premake,
+        created,
+        windows,
+        outside: left,
+    })
+}
+
+/// `meta-chat-migrate partitions`: connect, take the migration lock, maintain, release.
+pub fn run(settings: &Settings) -> Result<PartitionsReport> {
+    let target = settings.target()?;
+    log::info!(
+        "meta-chat-migrate {}: keeping the monthly partitions of schema {} of {target} {} month(s) ahead",
+        env!("CARGO_PKG_VERSION"),
+        settings.schema,
+        settings.premake
+    );
+    let outcome = crate::migrate::lock_database(settings, &target).and_then(|(mut main, lock)| {
+        let outcome = maintain(settings, &mut main, lock.watch()).map_err(|e| lock.explain(e));
+        lock.release();
+        outcome
+    });
+    match (outcome, settings.interrupt.reason()) {
+        (Err(_), Some(reason)) => Err(Error::interrupted(reason)),
+        (other, _) => other,
+    }
+}
+
+/// `partitions --dry-run`: what `partitions` would do. No lock, no change.
+pub fn plan(settings: &Settings) -> Result<PartitionsPlan> {
+    let database = settings.target()?;
+    let mut conn = crate::db::connect_with_wait(settings)?;
+    let Planned {
+        windows,
+        months,
+        leftovers,
+    } = plan_all(conn.client(), settings)?;
+    let refused = within_limit(&months, settings).err().map(|e| e.to_string());
+    Ok(PartitionsPlan {
+        database,
+        schema: settings.schema.clone(),
+        premake: settings.premake,
+        outside: outside(&windows),
+        windows,
+        months,
+        leftovers,
+        refused,
+        lock_timeout_ms: settings.lock_timeout.as_millis(),
+        lock_retries: settings.lock_retries,
+    })
+}
+
+impl PartitionsPlan {
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "dry run (nothing is changed): monthly partitions of schema {} of {}, {} month(s) ahead",
+            self.schema, self.database, self.premake
+        )];
+        for w in &self.windows {
+            out.extend(window_lines(w, self.premake));
+        }
+        if self.months.is_empty() {
+            out.push("nothing to create".into());
+        }
+        for s in &self.leftovers {
+            out.push(format!(
+                "drop {} (left by an interrupted run): {}",
+                s.id.as_str(),
+                s.locks
+            ));
+        }
+        let bound = |b: bool| {
+            if b {
+                format!(
+                    "bounded by --lock-timeout {}ms, {} retries",
+                    self.lock_timeout_ms, self.lock_retries
+                )
+            } else {
+                "waits as long as needed; never blocks reads or writes".into()
+            }
+        };
+        for m in &self.months {
+            out.push(format!(
+                "create {} for {} [{} .. {}), taking {} rows from DEFAULT:",
+                m.partition.plain(),
+                m.month,
+                m.from,
+                m.to,
+                m.rows_from_default
+            ));
+            for s in &m.steps {
+                out.push(format!(
+                    "  {}: {} [{}]",
+                    s.action.name(),
+                    s.locks,
+                    bound(s.bounded)
+                ));
+            }
+        }
+        for o in &self.outside {
+            out.push(format!(
+                "left in DEFAULT: {} rows of {} {} (outside the window)",
+                o.rows, o.table, o.month
+            ));
+        }
+        if let Some(r) = &self.refused {
+            out.push(format!("would be refused: {r}"));
+        }
+        out
+    }
+}
+
+/// A window as `check` and `--dry-run` show it.
+pub fn window_lines(w: &Window, premake: u32) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<12} {:<13} months {} .. {} (time zone {}), {} month(s) ahead of {}{}",
+        "window",
+        w.table.name.as_str(),
+        w.first.as_deref().unwrap_or("-"),
+        w.last.as_deref().unwrap_or("-"),
+        w.zone,
+        w.ahead,
+        w.current,
+        if w.ahead < premake as i32 {
+            format!(": LESS than --premake {premake}")
+        } else {
+            String::new()
+        }
+    )];
+    for m in &w.default_rows {
+        out.push(format!(
+            "{:<12} {:<13} DEFAULT holds {} rows of {}",
+            "",
+            w.table.name.as_str(),
+            m.rows,
+            m.month
+        ));
+    }
+    out
+}

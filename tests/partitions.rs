@@ -1,0 +1,586 @@
+//! The partition window: a fresh database gets partitions from the current month through
+//! `--premake` months ahead, and they carry every key and index of their parent; a second run
+//! changes nothing; `--premake 12` extends it; two runners create each month once; a kill at
+//! every step converges on the next run; rows already in DEFAULT move into their month (nothing
+//! lost, nothing doubled) within a limit, and rows outside the window stay and are reported;
+//! bounds fixed in another time zone are continued exactly; `check` exits 5 on a short window
+//! or a DEFAULT with rows; attaching never takes ACCESS EXCLUSIVE on tenants or conversations.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use postgres::Client;
+
+/// The day the deterministic tests run as: the partitioning migration's window ends at 2026-12.
+const AS_OF: &str = "2026-11-28";
+
+fn current_month(c: &mut Client) -> String {
+    c.query_one(
+        "SELECT to_char(date_trunc('month', now() AT TIME ZONE 'UTC'), 'YYYY-MM')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn add_months(m: &str, n: i32) -> String {
+    let (y, mo) = m.split_once('-').unwrap();
+    let i = y.parse::<i32>().unwrap() * 12 + mo.parse::<i32>().unwrap() - 1 + n;
+    format!("{:04}-{:02}", i / 12, i % 12 + 1)
+}
+
+/// Each partition of `table`: (name, bound), ordered by bound.
+fn partitions_of(c: &mut Client, table: &str) -> Vec<(String, String)> {
+    c.query(
+        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = $1::text::regclass ORDER BY c.relname",
+        &[&table],
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Everything about the partitions that a run could leave different: relations, every
+/// constraint (validity, parent) and index (validity, parent) of the monthly tables' trees, and
+/// the bounds.
+fn snapshot(c: &mut Client) -> Vec<String> {
+    c.query(
+        "WITH t AS (SELECT relid FROM pg_partition_tree('messages') UNION ALL SELECT relid FROM pg_partition_tree('api_logs'))
+         SELECT format('rel %s %s', c.oid::regclass, coalesce(pg_get_expr(c.relpartbound, c.oid), '')) FROM pg_class c WHERE c.oid IN (SELECT relid FROM t)
+         UNION ALL
+         SELECT format('con %s.%s %s valid=%s parent=%s', k.conrelid::regclass, k.conname, k.contype, k.convalidated, k.conparentid <> 0)
+           FROM pg_constraint k WHERE k.conrelid IN (SELECT relid FROM t)
+         UNION ALL
+         SELECT format('idx %s on %s valid=%s parent=%s', x.indexrelid::regclass, x.indrelid::regclass, x.indisvalid,
+                       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = x.indexrelid))
+           FROM pg_index x WHERE x.indrelid IN (SELECT relid FROM t)
+         UNION ALL
+         SELECT format('rel %s standalone', c.relname) FROM pg_class c WHERE c.relname ~ '^(messages|api_logs)_[0-9]{4}_[0-9]{2}$' AND NOT c.relispartition
+         ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Asserts two snapshots are equal, printing only what differs.
+fn assert_same(left: &[String], right: &[String], context: &str) {
+    let only_left: Vec<&String> = left.iter().filter(|l| !right.contains(l)).collect();
+    let only_right: Vec<&String> = right.iter().filter(|r| !left.contains(r)).collect();
+    assert!(
+        only_left.is_empty() && only_right.is_empty(),
+        "{context}: only in the first: {only_left:?}; only in the second: {only_right:?}"
+    );
+}
+
+/// A fingerprint of every row of both tables.
+fn rows(c: &mut Client) -> (i64, String, i64, String) {
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM messages), (SELECT md5(string_agg(m::text, ',' ORDER BY id)) FROM messages m),
+                    (SELECT count(*) FROM api_logs), (SELECT md5(string_agg(l::text, ',' ORDER BY id)) FROM api_logs l)",
+            &[],
+        )
+        .unwrap();
+    (
+        r.get(0),
+        r.get::<_, Option<String>>(1).unwrap_or_default(),
+        r.get(2),
+        r.get::<_, Option<String>>(3).unwrap_or_default(),
+    )
+}
+
+/// A database at the latest version whose window ends at 2026-12 (as the partitioning migration
+/// left it), with data.
+fn latest_without_window() -> TestDb {
+    let db = TestDb::new();
+    let out = db.run(&["migrate", "--skip-partitions"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    seed(&mut db.client(), 10, 2000);
+    db
+}
+
+fn partitions(db: &TestDb, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["partitions", "--as-of", AS_OF];
+    all.extend_from_slice(args);
+    db.run(&all)
+}
+
+#[test]
+fn a_fresh_database_gets_the_window_and_its_new_months_enforce_the_keys() {
+    let db = TestDb::new();
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut c = db.client();
+    let current = current_month(&mut c);
+    for table in ["messages", "api_logs"] {
+        let names: Vec<String> = partitions_of(&mut c, table)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for k in 0..=6 {
+            let month = add_months(&current, k).replace('-', "_");
+            assert!(
+                names.contains(&format!("{table}_{month}")),
+                "{table} lacks {month}: {names:?}"
+            );
+        }
+    }
+    // The new months carry every key and index of the parent, validated and adopted.
+    let last = add_months(&current, 6).replace('-', "_");
+    let newest = format!("messages_{last}");
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{newest}'::regclass AND contype IN ('f', 'p') AND convalidated AND conparentid <> 0")),
+        4,
+        "primary key, tenant key, conversation key, tenant-consistency key"
+    );
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid WHERE x.indrelid = '{newest}'::regclass AND x.indisvalid")),
+        3
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'mcm_%'"
+        ),
+        0,
+        "helper checks left"
+    );
+    c.batch_execute("INSERT INTO tenants (id, name) VALUES ('t', 'T'), ('u', 'U'); INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');")
+        .unwrap();
+    let month_start = format!("{}-15", add_months(&current, 6));
+    // A message of another tenant's conversation: only the tenant-consistency key refuses it. A
+    // message of a missing tenant: both tenant keys refuse it, and the server names the one it
+    // checks first (on a new partition, the first by name, as on one PostgreSQL creates).
+    for (tenant, constraints) in [
+        ("u", &["messages_conversation_tenant_fkey"][..]),
+        (
+            "nobody",
+            &[
+                "messages_conversation_tenant_fkey",
+                "messages_tenant_id_fkey",
+            ][..],
+        ),
+    ] {
+        let err = c
+            .execute(
+                "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('m', $1, 'c', 'user', 'x', $2::text::timestamptz)",
+                &[&tenant, &month_start],
+            )
+            .unwrap_err();
+        let e = err.as_db_error().unwrap();
+        assert_eq!(
+            (e.code().code(), e.table()),
+            ("23503", Some(newest.as_str()))
+        );
+        assert!(constraints.contains(&e.constraint().unwrap()), "{e:?}");
+    }
+    let err = c
+        .execute(
+            "INSERT INTO api_logs (id, \"tenantId\", method, path, status, duration, \"createdAt\") VALUES ('l', 'nobody', 'GET', '/', 200, 1, $1::text::timestamptz)",
+            &[&month_start],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().constraint(),
+        Some("api_logs_tenant_id_fkey")
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+    let out = db.run(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!("6 month(s) ahead of {current}")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_second_run_changes_nothing_and_premake_12_extends_it() {
+    let db = latest_without_window();
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut c = db.client();
+    let after = snapshot(&mut c);
+    let names: Vec<String> = partitions_of(&mut c, "messages")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"messages_2027_05".to_string())
+            && !names.contains(&"messages_2027_06".to_string()),
+        "{names:?}"
+    );
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same(
+        &snapshot(&mut c),
+        &after,
+        "a second run changed the catalog",
+    );
+    let out = partitions(&db, &["--premake", "12"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let names: Vec<String> = partitions_of(&mut c, "api_logs")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"api_logs_2027_11".to_string())
+            && !names.contains(&"api_logs_2027_12".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn two_runners_at_once_create_each_month_once() {
+    let db = latest_without_window();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let url = db.url.clone();
+            thread::spawn(move || run_bin(&url, &["partitions", "--as-of", AS_OF]))
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let mut c = db.client();
+    for table in ["messages", "api_logs"] {
+        let parts = partitions_of(&mut c, table);
+        let months: Vec<&String> = parts
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.contains("_2027_"))
+            .collect();
+        assert_eq!(months.len(), 5, "{table}: {parts:?}");
+    }
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+/// Rows in DEFAULT for 2027-01 and 2027-02 (a window that ran out) and for 2023-06 (before the
+/// first partition).
+fn with_rows_in_default() -> TestDb {
+    let db = latest_without_window();
+    db.client()
+        .batch_execute(
+            "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+               SELECT 'late-' || g, 't' || (1 + g % 10), 'c' || (1 + g % 10), 'user', 'in default',
+                      timestamptz '2027-01-01 00:00+00' + g * interval '50 minutes'
+                 FROM generate_series(1, 1500) g;
+             INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+               SELECT 'old-' || g, 't1', 'c1', 'user', 'before the first month', timestamptz '2023-06-10 00:00+00' + g * interval '1 hour'
+                 FROM generate_series(1, 7) g;
+             INSERT INTO api_logs (id, \"tenantId\", method, path, status, duration, \"createdAt\")
+               SELECT 'late-' || g, 't2', 'GET', '/', 200, 1, timestamptz '2027-02-01 00:00+00' + g * interval '1 hour'
+                 FROM generate_series(1, 300) g;",
+        )
+        .unwrap();
+    db
+}
+
+#[test]
+fn rows_in_default_move_into_their_month_and_the_rest_is_reported() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    let before = rows(&mut c);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(rows(&mut c), before, "rows lost, doubled or changed");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_01"), 892);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_02"), 608);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM api_logs_2027_02"), 300);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 7);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM messages_default WHERE id LIKE 'old-%'"
+        ),
+        7
+    );
+    assert!(
+        stderr(&out).contains("public.messages: 7 rows of 2023-06 in its DEFAULT partition, outside the window: left there"),
+        "{}",
+        stderr(&out)
+    );
+    // check: exit 5 while DEFAULT holds rows, and it says which month.
+    let out = db.run(&["check"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("DEFAULT holds 7 rows of 2023-06"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(db.run(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn above_the_limit_of_rows_to_move_it_refuses_saying_what_and_how() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    let before = snapshot(&mut c);
+    let out = partitions(&db, &["--max-moved-rows", "1000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    for part in [
+        "moving 1800 rows out of DEFAULT partitions (public.messages 2027-01: 892 rows, public.messages 2027-02: 608 rows, public.api_logs 2027-02: 300 rows)",
+        "above --max-moved-rows 1000",
+        "rerun at a quiet time with --max-moved-rows 1800",
+    ] {
+        assert!(line.contains(part), "missing {part:?} in {line}");
+    }
+    assert_same(
+        &snapshot(&mut c),
+        &before,
+        "the refusal changed the catalog",
+    );
+    let out = partitions(&db, &["--max-moved-rows", "1800"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_dry_run_shows_months_rows_and_locks_and_changes_nothing() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    let before = snapshot(&mut c);
+    let out = partitions(&db, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same(
+        &snapshot(&mut c),
+        &before,
+        "the dry run changed the catalog",
+    );
+    let text = stdout(&out);
+    for part in [
+        "create public.messages_2027_01 for 2027-01",
+        "taking 892 rows from DEFAULT:",
+        "move-and-attach: SHARE on public.messages_default for the move (892 rows deleted there and inserted into the new table: reads go on, writes into public.messages_default wait), then ACCESS EXCLUSIVE on public.messages_default while the attach scans it",
+        "create public.messages_2027_03 for 2027-03",
+        "add-exclusion: ACCESS EXCLUSIVE on public.messages_default (brief: no scan) [bounded by --lock-timeout",
+        "validate-exclusion: SHARE UPDATE EXCLUSIVE on public.messages_default (scans it; reads and writes go on) [waits as long as needed",
+        "left in DEFAULT: 7 rows of public.messages 2023-06 (outside the window)",
+    ] {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+    let out = partitions(&db, &["--dry-run", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["months"].as_array().unwrap().len(), 10);
+}
+
+/// Kill points by step id, in run order for the database of `with_rows_in_default`.
+const KILL_AT: [&str; 9] = [
+    "step messages_2027_01:public.messages_2027_01:create-table: done",
+    "step messages_2027_01:public.messages_2027_01:create-indexes: done",
+    "step messages_2027_01:public.messages:move-and-attach: done",
+    "step messages_2027_03:public.messages_default:add-exclusion: done",
+    "step messages_2027_03:public.messages_default:validate-exclusion: done",
+    "step messages_2027_03:public.messages:attach-partition: done",
+    "step messages_2027_03:public.messages_default:drop-checks: done",
+    "step api_logs_2027_01:public.api_logs_2027_01:create-table: done",
+    "step api_logs_2027_02:public.api_logs:move-and-attach: done",
+];
+
+fn partitions_killed_at(db: &TestDb, marker: &str) {
+    let mut child = runner_bin()
+        .args(["--database-url", &db.url, "partitions", "--as-of", AS_OF])
+        .env("RUST_LOG", "info,meta_chat_migrations::engine=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if !seen && line.contains(marker) {
+            let _ = child.kill();
+            seen = true;
+        }
+    }
+    let _ = child.wait();
+    assert!(seen, "never logged {marker}");
+}
+
+#[test]
+fn a_kill_at_every_step_and_a_rerun_converge() {
+    let reference = {
+        let db = with_rows_in_default();
+        assert_eq!(partitions(&db, &[]).status.code(), Some(0));
+        snapshot(&mut db.client())
+    };
+    for marker in KILL_AT {
+        let db = with_rows_in_default();
+        let before = rows(&mut db.client());
+        partitions_killed_at(&db, marker);
+        let out = partitions(&db, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "rerun after {marker}: {}",
+            stderr(&out)
+        );
+        let mut c = db.client();
+        assert_same(
+            &snapshot(&mut c),
+            &reference,
+            &format!("after a kill at {marker}"),
+        );
+        assert_eq!(rows(&mut c), before, "after a kill at {marker}");
+    }
+}
+
+#[test]
+fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
+    let db = TestDb::new();
+    let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET timezone = 'Europe/Berlin'",
+            db.name
+        ))
+        .unwrap();
+    assert_eq!(
+        db.run(&["migrate", "--target", "20240520120000"])
+            .status
+            .code(),
+        Some(0)
+    );
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET timezone = 'America/Los_Angeles'",
+            db.name
+        ))
+        .unwrap();
+    assert_eq!(
+        db.run(&["migrate", "--skip-partitions"]).status.code(),
+        Some(0)
+    );
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut c = db.client();
+    // Contiguous: each lower bound is the previous upper bound.
+    let gaps = count(
+        &mut c,
+        "WITH b AS (SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid), $$FROM \\('([^']+)'\\) TO \\('([^']+)'\\)$$)) AS m
+                      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'messages'::regclass),
+              r AS (SELECT m[1]::timestamptz AS lo, m[2]::timestamptz AS hi FROM b WHERE m IS NOT NULL)
+         SELECT count(*) FROM r WHERE r.lo <> (SELECT max(p.hi) FROM r p WHERE p.hi <= r.lo) AND r.lo > (SELECT min(lo) FROM r)",
+    );
+    assert_eq!(gaps, 0, "{:?}", partitions_of(&mut c, "messages"));
+    // 2026-12-31 23:30 UTC is 2027-01-01 00:30 in Berlin: the 2027-01 partition takes it.
+    c.batch_execute("INSERT INTO tenants (id, name) VALUES ('t', 'T'); INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');
+                     INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('edge', 't', 'c', 'user', 'x', '2026-12-31 23:30+00');")
+        .unwrap();
+    let at: String = c
+        .query_one(
+            "SELECT tableoid::regclass::text FROM messages WHERE id = 'edge'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(at, "messages_2027_01");
+}
+
+#[test]
+fn attaching_never_takes_access_exclusive_on_the_referenced_tables() {
+    let db = latest_without_window();
+    // A reader of tenants and conversations in an open transaction: it conflicts only with
+    // ACCESS EXCLUSIVE.
+    let mut reader = db.client();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM tenants; SELECT count(*) FROM conversations;")
+        .unwrap();
+    let out = partitions(&db, &["--lock-timeout", "500ms", "--lock-retries", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The negative: attaching a month that brings its own key makes PostgreSQL adopt it, which
+    // takes ACCESS EXCLUSIVE on tenants and waits for the reader.
+    let mut c = db.client();
+    c.batch_execute(
+        "SET statement_timeout = '1s';
+         CREATE TABLE own_key (LIKE messages INCLUDING DEFAULTS);
+         ALTER TABLE own_key ADD CONSTRAINT own_key_tenant FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE;",
+    )
+    .unwrap();
+    let err = c
+        .batch_execute("ALTER TABLE messages ATTACH PARTITION own_key FOR VALUES FROM ('2030-01-01') TO ('2030-02-01')")
+        .unwrap_err();
+    reader.batch_execute("COMMIT").unwrap();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    let _ = Duration::ZERO;
+}
+
+/// The key a partition checks first for a message of a missing tenant.
+fn first_key_checked(c: &mut Client, partition: &str) -> String {
+    c.query_one(
+        "SELECT k.conname::text FROM pg_trigger tg JOIN pg_constraint k ON k.oid = tg.tgconstraint
+          WHERE tg.tgrelid = $1::text::regclass AND k.contype = 'f' ORDER BY tg.tgname COLLATE \"C\" LIMIT 1",
+        &[&partition],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn verify_keeps_passing_when_the_current_month_is_a_new_partition() {
+    let db = TestDb::new();
+    assert_eq!(db.run(&["migrate"]).status.code(), Some(0));
+    let mut c = db.client();
+    let current = current_month(&mut c);
+    let part = format!("messages_{}", current.replace('-', "_"));
+    assert_eq!(
+        first_key_checked(&mut c, &part),
+        "messages_partitioned_conversation_fkey"
+    );
+    // The current month recreated by the runner, as every month will be from 2027 on.
+    c.batch_execute(&format!(
+        "ALTER TABLE messages DETACH PARTITION {part}; DROP TABLE {part};"
+    ))
+    .unwrap();
+    let out = db.run(&["partitions"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        first_key_checked(&mut c, &part),
+        "messages_conversation_tenant_fkey"
+    );
+    let out = db.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("TEST 2 PASSED"), "{}", stdout(&out));
+    // The negative: when every month checks the tenant-consistency key first, the tenant key's
+    // own refusal cannot be seen, and verify says so instead of passing.
+    c.batch_execute(
+        "DO $$ DECLARE p record; b text; BEGIN
+           FOR p IN SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                     WHERE i.inhparent = 'messages'::regclass AND c.relname <> 'messages_default' LOOP
+             EXECUTE format('ALTER TABLE messages DETACH PARTITION %I', p.relname);
+             EXECUTE format('DROP TABLE %I', p.relname);
+             EXECUTE format('CREATE TABLE %I PARTITION OF messages %s', p.relname, p.bound);
+           END LOOP; END $$",
+    )
+    .unwrap();
+    let out = db.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(stdout(&out).contains("TEST 2 NOT RUN: the message with an unknown tenant was refused by messages_conversation_tenant_fkey, which every partition checks first"), "{}", stdout(&out));
+}
