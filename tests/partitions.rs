@@ -11,7 +11,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 use postgres::Client;
@@ -523,7 +522,6 @@ fn attaching_never_takes_access_exclusive_on_the_referenced_tables() {
         .unwrap_err();
     reader.batch_execute("COMMIT").unwrap();
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
-    let _ = Duration::ZERO;
 }
 
 /// The key a partition checks first for a message of a missing tenant.
