@@ -26,6 +26,11 @@ pub enum Error {
     #[error("invalid database URL: {reason}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]")]
     InvalidUrl { reason: String },
 
+    /// Where the database comes from is ambiguous or unreadable (two sources of one level, a
+    /// `*_FILE` that cannot be read). Names flags, variables and paths, never their content.
+    #[error("{reason}")]
+    Source { reason: String },
+
     #[error("invalid value {value:?} for {what}: {reason}")]
     Usage {
         what: &'static str,
@@ -190,9 +195,10 @@ fn fmt_pids(pids: &[i32]) -> String {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidUrl { .. } | Error::Usage { .. } | Error::UnknownVersionArg { .. } => {
-                exit::USAGE
-            }
+            Error::InvalidUrl { .. }
+            | Error::Source { .. }
+            | Error::Usage { .. }
+            | Error::UnknownVersionArg { .. } => exit::USAGE,
             Error::Orphans(_) => exit::ORPHANS,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
             Error::Interrupted {
