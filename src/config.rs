@@ -133,10 +133,15 @@ pub(crate) struct Connection {
     pub ignored: Vec<&'static str>,
 }
 
-/// The schema a Prisma URL names (`?schema=`), if it names one and parses.
+/// The schema a Prisma URL names (`?schema=`), if it parses and names a possible one (an
+/// impossible one is refused by [`connection`], naming the URL's option).
 pub(crate) fn url_schema(url: &str) -> Option<String> {
     let params = crate::conninfo::parse(url).ok()?;
-    params.prisma.get("schema").cloned()
+    params
+        .prisma
+        .get("schema")
+        .filter(|s| !s.is_empty() && s.len() <= 63)
+        .cloned()
 }
 
 /// Prisma's pool settings: they configure Prisma's own client, not a migration run.

@@ -177,7 +177,7 @@ fn the_password_never_appears_in_output() {
 
     let mut outputs = Vec::new();
     let run = |url: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+        runner_bin()
             .args(["--database-url", url, "--wait", "2s"])
             .args(args)
             .env("RUST_LOG", "debug")
@@ -219,7 +219,7 @@ fn the_password_never_appears_in_output() {
         Some(0),
     ));
     // The same URL given through the environment.
-    let env_run = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    let env_run = runner_bin()
         .args(["--wait", "2s", "verify"])
         .env("DATABASE_URL", &wrong)
         .output()
