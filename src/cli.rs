@@ -22,7 +22,8 @@ Exit codes:
   0  success
   1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
      without --baseline, an unexpected catalog, SQL error)
-  2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
+  2  usage error (bad flag or value, bad URL, an unreadable URL file, two URL sources of one
+     level, unknown --target or --baseline version)
   3  orphaned rows found (check, or migrate refusing under --orphans refuse)
   4  a verify assertion failed
   130, 143  stopped by SIGINT or SIGTERM: the run's statements were cancelled on the server

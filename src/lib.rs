@@ -16,8 +16,9 @@
 //! migration lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`]
 //! (applied vs embedded), [`plan`] (what each version declares), [`engine`] (the online work),
 //! [`catalog`] (every catalog query), [`sql`] (identifiers and statements), [`preflight`]
-//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`tls`],
-//! [`sources`] (where the database comes from), [`migrate`], [`dryrun`], [`check`], [`verify`], [`interrupt`] and [`error`].
+//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`sources`]
+//! (where the database comes from), [`tls`], [`migrate`], [`dryrun`], [`check`], [`verify`],
+//! [`interrupt`] and [`error`].
 
 pub mod adopt;
 pub mod catalog;

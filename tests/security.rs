@@ -251,6 +251,9 @@ fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// A run of the source test: label, flags, environment, expected exit code.
+type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>, i32);
+
 #[test]
 fn the_password_never_appears_whatever_source_gives_it() {
     let db = password_db();
@@ -289,7 +292,7 @@ fn the_password_never_appears_whatever_source_gives_it() {
         ("PGDATABASE", &db.name),
     ];
     let with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> { extra.to_vec() };
-    let cases: Vec<(&str, Vec<String>, Vec<(&str, String)>, i32)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "--database-url-file",
             vec!["--database-url-file".into(), s(&good_file)],
