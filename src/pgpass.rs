@@ -30,31 +30,34 @@ pub(crate) fn path(passfile: Option<&str>) -> Option<PathBuf> {
 pub(crate) fn password(file: &Path, want: &Lookup<'_>) -> Option<Vec<u8>> {
     let meta = std::fs::metadata(file).ok()?;
     if !meta.is_file() {
-        log::warn!(
-            "password file {} is not a plain file; it is not read",
-            file.display()
-        );
+        warn_once(file, "is not a plain file; it is not read");
         return None;
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {
-            log::warn!(
-                "password file {} has group or world access; permissions should be u=rw (0600) or less: it is not read (as libpq does)",
-                file.display()
-            );
+            warn_once(file, "has group or world access; permissions should be u=rw (0600) or less: it is not read (as libpq does)");
             return None;
         }
     }
-    let text = match std::fs::read(file) {
-        Ok(t) => t,
+    match std::fs::read(file) {
+        Ok(text) => find(&text, want),
         Err(e) => {
-            log::warn!("password file {} cannot be read: {e}", file.display());
-            return None;
+            warn_once(file, &format!("cannot be read ({e})"));
+            None
         }
-    };
-    find(&text, want)
+    }
+}
+
+/// A warning about the file, once per process and file (every connection of a run looks).
+fn warn_once(file: &Path, what: &str) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|f| f == file) {
+        warned.push(file.to_path_buf());
+        log::warn!("password file {} {what}", file.display());
+    }
 }
 
 /// libpq's host for matching: a socket in the default directory is `localhost`.
