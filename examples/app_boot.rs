@@ -13,7 +13,7 @@ use meta_chat_migrations::{OrphanPolicy, Settings};
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let mut settings = Settings::from_env();
+    let mut settings = Settings::from_env()?;
     // At boot, never clean data on the application's behalf: refuse (the default) and let an
     // operator decide with `meta-chat-migrate check` and `migrate --orphans ...`.
     settings.orphans = OrphanPolicy::Refuse;

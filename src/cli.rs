@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
     parse_day, parse_duration, DEFAULT_JOBS, DEFAULT_MAX_MOVED_ROWS, DEFAULT_PREMAKE,
-    DEFAULT_SCHEMA,
 };
 use crate::{exit, Error, Interrupt, OrphanPolicy, Settings};
 
@@ -25,7 +24,8 @@ Exit codes:
   0  success
   1  failure (connection, lock timeout, unknown or divergent history, a database to adopt
      without --baseline, an unexpected catalog, SQL error)
-  2  usage error (bad flag or value, bad URL, unknown --target or --baseline version)
+  2  usage error (bad flag or value, bad URL, an unreadable URL file, two URL sources of one
+     level, unknown --target or --baseline version)
   3  rows a key would refuse (check, or migrate refusing under --orphans refuse)
   4  a verify assertion failed or could not run
   5  check: a partition window reaches fewer than --premake months ahead, or a DEFAULT
@@ -37,17 +37,21 @@ Exit codes:
 #[derive(Parser)]
 #[command(name = "meta-chat-migrate", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, else postgres://postgres@localhost:5432/postgres]
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, DATABASE_URL_FILE, libpq's PG* variables, else postgres://postgres@localhost:5432/postgres]
+    #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
+
+    /// Read the URL from this file (a mounted secret; a trailing newline is ignored).
+    #[arg(long, global = true, value_name = "PATH")]
+    database_url_file: Option<std::path::PathBuf>,
 
     /// How long to wait for the database to accept connections.
     #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
 
-    /// The schema that holds the platform's tables and history (set as search_path on every session).
-    #[arg(long, global = true, default_value = DEFAULT_SCHEMA)]
-    schema: String,
+    /// The schema that holds the platform's tables and history (set as search_path on every session) [default: the URL's ?schema=, else public]
+    #[arg(long, global = true)]
+    schema: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -160,12 +164,21 @@ pub struct MigrateArgs {
 
 /// Runs the parsed command; the `Ok` value is the exit code.
 pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
-    let mut settings = match cli.database_url {
-        Some(url) => Settings::new(url),
-        None => Settings::from_env(),
-    };
+    let source = crate::sources::resolve(cli.database_url, cli.database_url_file.as_deref())?;
+    let mut settings = Settings::new(source.url);
     settings.connect_wait = cli.wait;
-    settings.schema = cli.schema;
+    if let Some(schema) = cli.schema {
+        match crate::config::url_schema(&settings.database_url) {
+            Some(in_url) if in_url != schema => {
+                return Err(Error::Source {
+                    reason: format!(
+                        "--schema {schema} and the URL's schema={in_url} differ: give one of them"
+                    ),
+                })
+            }
+            _ => settings.schema = schema,
+        }
+    }
     settings.interrupt = interrupt;
     match cli.command {
         Command::Migrate(args) => migrate(settings, args),

@@ -19,7 +19,8 @@ pub const DEFAULT_MAX_MOVED_ROWS: u64 = 100_000;
 /// The schema migrated unless `--schema` says otherwise.
 pub const DEFAULT_SCHEMA: &str = "public";
 
-/// The local development default, used when neither `--database-url` nor `DATABASE_URL` is set.
+/// The local development default, used (with a warning) when no source names a database: see
+/// [`crate::sources`].
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
 
 /// Connections for the per-partition work of the online restore. Two: each job is one busy
@@ -83,9 +84,13 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The documented defaults for `database_url`; the schema is the URL's Prisma `?schema=`
+    /// when it has one, else [`DEFAULT_SCHEMA`].
     pub fn new(database_url: impl Into<String>) -> Settings {
+        let database_url = database_url.into();
+        let schema = url_schema(&database_url).unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
         Settings {
-            database_url: database_url.into(),
+            database_url,
             connect_wait: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(2),
             lock_retries: 10,
@@ -93,7 +98,7 @@ impl Settings {
             jobs: DEFAULT_JOBS,
             target: None,
             baseline: None,
-            schema: DEFAULT_SCHEMA.to_string(),
+            schema,
             lock_wait: None,
             premake: DEFAULT_PREMAKE,
             max_moved_rows: DEFAULT_MAX_MOVED_ROWS,
@@ -103,11 +108,11 @@ impl Settings {
         }
     }
 
-    /// From `DATABASE_URL`, else the local development default.
-    pub fn from_env() -> Settings {
-        Settings::new(
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string()),
-        )
+    /// From the environment, as the command line reads it without flags: `DATABASE_URL`, else
+    /// `DATABASE_URL_FILE`, else libpq's variables, else the development default (with a
+    /// warning); see [`crate::sources`]. Fails on an unreadable file or two sources of one level.
+    pub fn from_env() -> Result<Settings> {
+        Ok(Settings::new(crate::sources::resolve(None, None)?.url))
     }
 
     /// The driver's configuration and the TLS options, from the URL.
@@ -149,6 +154,52 @@ pub(crate) struct Connection {
     pub config: postgres::Config,
     pub tls: TlsOptions,
     pub target: DbTarget,
+    /// Prisma options of the URL that the runner ignores (its client's pool settings).
+    pub ignored: Vec<&'static str>,
+}
+
+/// The schema a Prisma URL names (`?schema=`), if it parses and names a possible one (an
+/// impossible one is refused by [`connection`], naming the URL's option).
+pub(crate) fn url_schema(url: &str) -> Option<String> {
+    let params = crate::conninfo::parse(url).ok()?;
+    params
+        .prisma
+        .get("schema")
+        .filter(|s| !s.is_empty() && s.len() <= 63)
+        .cloned()
+}
+
+/// Prisma's pool settings: they configure Prisma's own client, not a migration run.
+const PRISMA_IGNORED: &[&str] = &[
+    "connection_limit",
+    "pool_timeout",
+    "socket_timeout",
+    "sslaccept",
+    "statement_cache_size",
+];
+
+/// Prisma's options: `pgbouncer=true` is refused (such a URL is transaction-pooled), the pool
+/// settings are returned to be ignored with a warning, `schema` must be a schema name.
+fn prisma_options(params: &crate::conninfo::ConnParams) -> Result<Vec<&'static str>> {
+    match params.prisma.get("pgbouncer").map(String::as_str) {
+        None | Some("false") => {}
+        Some("true") => return Err(url_error(
+            "pgbouncer=true (Prisma) says this URL goes through PgBouncer in transaction mode, where a migration cannot hold its session: give the runner Prisma's directUrl (a direct, non-transaction-pooled URL) instead".into(),
+        )),
+        Some(_) => return Err(url_error("pgbouncer (Prisma) must be true or false".into())),
+    }
+    if let Some(schema) = params.prisma.get("schema") {
+        if schema.is_empty() || schema.len() > 63 {
+            return Err(url_error(
+                "schema (Prisma) must be a schema name of 1 to 63 bytes".into(),
+            ));
+        }
+    }
+    Ok(PRISMA_IGNORED
+        .iter()
+        .copied()
+        .filter(|o| params.prisma.contains_key(o))
+        .collect())
 }
 
 /// TCP keepalives the runner turns on unless the URL says otherwise (libpq's `keepalives*`
@@ -169,7 +220,9 @@ pub fn parse_url(url: &str) -> Result<(postgres::Config, TlsOptions)> {
 }
 
 pub(crate) fn connection(url: &str) -> Result<Connection> {
-    let params = crate::conninfo::parse(url)?;
+    let mut params = crate::conninfo::parse(url)?;
+    crate::sources::fill_from_env(&mut params)?;
+    let ignored = prisma_options(&params)?;
     let tls = TlsOptions::from_params(&params)?;
     let mut config = postgres::Config::new();
     config.ssl_mode(tls.driver_mode());
@@ -195,12 +248,40 @@ pub(crate) fn connection(url: &str) -> Result<Connection> {
     }
     set_timeouts(&mut config, &params)?;
     set_session_attrs(&mut config, &params)?;
+    if params.password.is_none() {
+        password_from_file(&mut config, params.get("passfile"));
+    }
     let target = DbTarget::of(&config);
     Ok(Connection {
         config,
         tls,
         target,
+        ignored,
     })
+}
+
+/// libpq's password file, for the first host (see [`crate::pgpass`]).
+fn password_from_file(config: &mut postgres::Config, passfile: Option<&str>) {
+    let Some(file) = crate::pgpass::path(passfile) else {
+        return;
+    };
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (Some(postgres::config::Host::Tcp(h)), _) => h.clone(),
+        #[cfg(unix)]
+        (Some(postgres::config::Host::Unix(p)), _) => p.display().to_string(),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => String::new(),
+    };
+    let host = crate::pgpass::match_host(&host, DEFAULT_SOCKET_DIR);
+    let want = crate::pgpass::Lookup {
+        host: &host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or_default(),
+        user: config.get_user().unwrap_or_default(),
+    };
+    if let Some(pw) = crate::pgpass::password(&file, &want) {
+        config.password(pw);
+    }
 }
 
 fn url_error(reason: String) -> Error {

@@ -41,8 +41,24 @@ pub(crate) const KEYWORDS: &[&str] = &[
     "tcp_user_timeout",
     "sslmode",
     "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "passfile",
     "target_session_attrs",
     "channel_binding",
+];
+
+/// Options of Prisma's connection URL (an application's `DATABASE_URL` often is one), accepted in
+/// a URL query next to libpq's: `schema` is the schema to migrate, `pgbouncer=true` is refused
+/// (see `config`), the pool settings of Prisma's own client are ignored with a warning.
+pub(crate) const PRISMA_OPTIONS: &[&str] = &[
+    "schema",
+    "pgbouncer",
+    "connection_limit",
+    "pool_timeout",
+    "socket_timeout",
+    "sslaccept",
+    "statement_cache_size",
 ];
 
 /// The keywords of a connection string, by libpq's names; later occurrences win, as in libpq.
@@ -52,12 +68,15 @@ pub(crate) const KEYWORDS: &[&str] = &[
 pub(crate) struct ConnParams {
     pub values: BTreeMap<&'static str, String>,
     pub password: Option<Vec<u8>>,
+    /// Prisma's options from the URL query ([`PRISMA_OPTIONS`]), by name.
+    pub prisma: BTreeMap<&'static str, String>,
 }
 
 impl std::fmt::Debug for ConnParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnParams")
             .field("values", &self.values)
+            .field("prisma", &self.prisma)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .finish()
     }
@@ -68,7 +87,7 @@ impl ConnParams {
         self.values.get(key).map(String::as_str)
     }
 
-    fn set(&mut self, key: &str, value: String) -> Result<()> {
+    pub(crate) fn set(&mut self, key: &str, value: String) -> Result<()> {
         let key = canonical(key)?;
         if key == "password" {
             self.password = Some(value.into_bytes());
@@ -90,9 +109,10 @@ fn canonical(key: &str) -> Result<&'static str> {
     // JDBC's `ssl=true` is accepted by libpq as `sslmode=require`; handled by the caller.
     KEYWORDS.iter().copied().find(|k| *k == key).ok_or_else(|| {
         invalid(format!(
-            "unknown connection parameter {:?} (known: {})",
+            "unknown connection parameter {:?} (known: {}; in a URL query also Prisma's {})",
             shown(key),
-            KEYWORDS.join(", ")
+            KEYWORDS.join(", "),
+            PRISMA_OPTIONS.join(", ")
         ))
     })
 }
@@ -284,6 +304,10 @@ fn parse_query(query: &str, params: &mut ConnParams) -> Result<()> {
             continue;
         }
         let value = decode(value, &format!("value of {}", shown(&key)))?;
+        if let Some(option) = PRISMA_OPTIONS.iter().find(|o| **o == key) {
+            params.prisma.insert(option, value);
+            continue;
+        }
         if key == "ssl" {
             // libpq (and JDBC): ssl=true means sslmode=require.
             if value != "true" {

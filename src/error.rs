@@ -29,6 +29,11 @@ pub enum Error {
     #[error("invalid database URL: {reason}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]")]
     InvalidUrl { reason: String },
 
+    /// Where the database comes from is ambiguous or unreadable (two sources of one level, a
+    /// `*_FILE` that cannot be read). Names flags, variables and paths, never their content.
+    #[error("{reason}")]
+    Source { reason: String },
+
     #[error("invalid value {value:?} for {what}: {reason}")]
     Usage {
         what: &'static str,
@@ -36,7 +41,7 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("could not connect to {target} within {waited:?}: {cause}; {}", connect_advice(.sqlstate.as_deref()))]
+    #[error("could not connect to {target} within {waited:?}: {cause}; {}", connect_advice(.sqlstate.as_deref(), .cause))]
     Connect {
         target: String,
         waited: Duration,
@@ -163,11 +168,15 @@ pub enum Error {
     },
 }
 
-fn connect_advice(sqlstate: Option<&str>) -> &'static str {
+fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
     match sqlstate {
         Some("53300") => "the server's or the role's connection limit is reached: end idle sessions, raise the limit, or lower --jobs",
-        Some("28P01" | "28000") => "check the user and password",
+        Some("28P01") => "check the user and password (URL, PGPASSWORD, PGPASSWORD_FILE or the password file)",
+        Some("28000") => "check the user, and for cert authentication sslcert and sslkey",
         Some("3D000") => "check the database name",
+        _ if cause.contains("password missing") => "the server asks for a password and none was given: put it in the URL, PGPASSWORD, PGPASSWORD_FILE or ~/.pgpass (mode 0600)",
+        _ if cause.contains("does not support TLS") => "the server does not offer TLS: turn on ssl on the server, or lower sslmode",
+        _ if cause.contains("TLS handshake") => "check sslmode, sslrootcert and the server's certificate (verify-full checks the host name against it, verify-ca does not)",
         _ => "check that PostgreSQL is up and the URL is right, or raise --wait",
     }
 }
@@ -201,9 +210,10 @@ fn fmt_pids(pids: &[i32]) -> String {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidUrl { .. } | Error::Usage { .. } | Error::UnknownVersionArg { .. } => {
-                exit::USAGE
-            }
+            Error::InvalidUrl { .. }
+            | Error::Source { .. }
+            | Error::Usage { .. }
+            | Error::UnknownVersionArg { .. } => exit::USAGE,
             Error::Orphans(_) => exit::ORPHANS,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
             Error::Interrupted {

@@ -7,7 +7,7 @@
 //! At application boot:
 //!
 //! ```no_run
-//! let report = meta_chat_migrations::migrate(&meta_chat_migrations::Settings::from_env())?;
+//! let report = meta_chat_migrations::migrate(&meta_chat_migrations::Settings::from_env()?)?;
 //! println!("schema at version {:?}", report.to);
 //! # Ok::<(), meta_chat_migrations::Error>(())
 //! ```
@@ -16,8 +16,9 @@
 //! migration lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`]
 //! (applied vs embedded), [`plan`] (what each version declares), [`engine`] (the online work),
 //! [`catalog`] (every catalog query), [`sql`] (identifiers and statements), [`preflight`]
-//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`tls`],
-//! [`migrate`], [`dryrun`], [`check`], [`verify`], [`interrupt`] and [`error`].
+//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`sources`]
+//! (where the database comes from), [`tls`], [`migrate`], [`dryrun`], [`check`], [`verify`],
+//! [`interrupt`] and [`error`].
 
 pub mod adopt;
 pub mod catalog;
@@ -36,9 +37,11 @@ pub mod history;
 pub mod interrupt;
 pub mod migrate;
 pub mod partitions;
+pub(crate) mod pgpass;
 pub mod plan;
 pub mod preflight;
 pub(crate) mod schema;
+pub mod sources;
 pub mod sql;
 pub mod tls;
 pub mod verify;

@@ -23,9 +23,7 @@ fn seeded_baseline() -> TestDb {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"));
-    c.env_remove("DATABASE_URL");
-    c
+    runner_bin()
 }
 
 /// Where a kill lands: right after the runner logs a line containing any of the markers (step

@@ -243,10 +243,7 @@ fn bad_input_gives_one_line_and_the_documented_exit_code() {
         ),
         (vec!["--database-url", &db.url, "frobnicate"], "frobnicate"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = runner_bin().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
@@ -271,7 +268,7 @@ fn an_unreachable_host_fails_after_the_wait_with_exit_1() {
         .port();
     let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/postgres");
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    let out = runner_bin()
         .args(["--database-url", &url, "--wait", "1s", "migrate"])
         .output()
         .unwrap();
@@ -291,7 +288,7 @@ fn an_unreachable_host_fails_after_the_wait_with_exit_1() {
 fn a_missing_database_fails_at_once() {
     let url = with_dbname(&admin_url(), "mcm_no_such_database");
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    let out = runner_bin()
         .args(["--database-url", &url, "--wait", "30s", "status"])
         .output()
         .unwrap();
@@ -391,7 +388,7 @@ fn the_runner_waits_for_a_database_that_is_not_up_yet() {
     let runner = {
         let url = url.clone();
         thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+            runner_bin()
                 .args(["--database-url", &url, "--wait", "60s", "migrate"])
                 .output()
                 .unwrap()
@@ -456,7 +453,7 @@ fn migrate_at_boot_from_a_tokio_app() {
 /// The README pastes `--help`; this keeps the paste true.
 #[test]
 fn the_readme_shows_the_real_help() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    let out = runner_bin()
         .arg("--help")
         .env_remove("DATABASE_URL")
         .output()

@@ -1,5 +1,7 @@
 //! TLS (`sslmode`) and secrets: the runner's own backend is encrypted when asked, and the
-//! password never appears in anything the runner prints, whether it succeeds or fails.
+//! password never appears in anything the runner prints, whether it succeeds or fails, and
+//! whichever source gave it (URL, `--database-url-file`, `DATABASE_URL_FILE`, `PGPASSWORD`,
+//! `PGPASSWORD_FILE`, `~/.pgpass`, `PGPASSFILE`, a Prisma URL).
 //!
 //! The password tests need a role that must authenticate (`scripts/test-setup.sh` creates
 //! `mcm_pw` with scram-sha-256 on 127.0.0.1); they fail, saying so, where it is missing.
@@ -149,7 +151,8 @@ fn password_db() -> TestDb {
 }
 
 fn assert_secret_free(label: &str, out: &Output) {
-    for secret in [PASSWORD, WRONG_PASSWORD] {
+    // The whole passwords, and the middle of each (no part of one is ever shown).
+    for secret in [PASSWORD, WRONG_PASSWORD, "7f3a9c", "8e21bd"] {
         assert!(
             !stdout(out).contains(secret),
             "{label}: password in stdout:\n{}",
@@ -177,7 +180,7 @@ fn the_password_never_appears_in_output() {
 
     let mut outputs = Vec::new();
     let run = |url: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+        runner_bin()
             .args(["--database-url", url, "--wait", "2s"])
             .args(args)
             .env("RUST_LOG", "debug")
@@ -219,7 +222,7 @@ fn the_password_never_appears_in_output() {
         Some(0),
     ));
     // The same URL given through the environment.
-    let env_run = std::process::Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    let env_run = runner_bin()
         .args(["--wait", "2s", "verify"])
         .env("DATABASE_URL", &wrong)
         .output()
@@ -233,4 +236,215 @@ fn the_password_never_appears_in_output() {
     let wrong_line = error_line(&outputs[5].1);
     assert!(wrong_line.contains("28P01"), "{wrong_line}");
     drop(c);
+}
+
+/// Runs `status` (with debug logs) with `args` before it and `env` on top of the hermetic
+/// environment.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    runner_bin()
+        .args(["--wait", "2s"])
+        .args(args)
+        .arg("status")
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A run of the source test: label, flags, environment, expected exit code.
+type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>, i32);
+
+#[test]
+fn the_password_never_appears_whatever_source_gives_it() {
+    let db = password_db();
+    let dir = TempDir::new("secrets");
+    let (good, wrong) = (
+        role_url(PASSWORD, &db.name),
+        role_url(WRONG_PASSWORD, &db.name),
+    );
+    let bare = with_user(&good, ROLE);
+    assert!(!bare.contains(PASSWORD) && bare.contains(ROLE), "{bare}");
+    let good_file = dir.file("good-url", &format!("{good}\n"), 0o600);
+    let wrong_file = dir.file("wrong-url", &format!("{wrong}\n"), 0o600);
+    let pw_file = dir.file("pw", &format!("{PASSWORD}\n"), 0o600);
+    let wrong_pw_file = dir.file("wrong-pw", &format!("{WRONG_PASSWORD}\n"), 0o600);
+    let port = server_port().to_string();
+    let pgpass = |pw: &str| format!("# test\n127.0.0.1:{port}:*:{ROLE}:{pw}\n");
+    let home_good = TempDir::new("home");
+    home_good.file(".pgpass", &pgpass(PASSWORD), 0o600);
+    let home_wrong = TempDir::new("home");
+    home_wrong.file(".pgpass", &pgpass(WRONG_PASSWORD), 0o600);
+    let home_open = TempDir::new("home");
+    home_open.file(".pgpass", &pgpass(PASSWORD), 0o644);
+    let passfile = dir.file("passfile", &pgpass(PASSWORD), 0o600);
+    let s = |p: &std::path::PathBuf| p.to_str().unwrap().to_string();
+    let h = |d: &TempDir| d.0.to_str().unwrap().to_string();
+    let unencoded = dir.file(
+        "unencoded",
+        &good.replace(PASSWORD, &format!("{PASSWORD}@x/y")),
+        0o600,
+    );
+    let prisma = format!("{good}?schema=public&connection_limit=3&pool_timeout=5");
+    let libpq: Vec<(&str, &str)> = vec![
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", &port),
+        ("PGUSER", ROLE),
+        ("PGDATABASE", &db.name),
+    ];
+    let with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> { extra.to_vec() };
+    let cases: Vec<Case> = vec![
+        (
+            "--database-url-file",
+            vec!["--database-url-file".into(), s(&good_file)],
+            with(&[]),
+            0,
+        ),
+        (
+            "--database-url-file, wrong",
+            vec!["--database-url-file".into(), s(&wrong_file)],
+            with(&[]),
+            1,
+        ),
+        (
+            "--database-url-file, unencoded",
+            vec!["--database-url-file".into(), s(&unencoded)],
+            with(&[]),
+            2,
+        ),
+        (
+            "DATABASE_URL_FILE",
+            vec![],
+            with(&[("DATABASE_URL_FILE", s(&good_file))]),
+            0,
+        ),
+        (
+            "DATABASE_URL_FILE, wrong",
+            vec![],
+            with(&[("DATABASE_URL_FILE", s(&wrong_file))]),
+            1,
+        ),
+        (
+            "both variables",
+            vec![],
+            with(&[
+                ("DATABASE_URL_FILE", s(&good_file)),
+                ("DATABASE_URL", good.clone()),
+            ]),
+            2,
+        ),
+        (
+            "both flags",
+            vec![
+                "--database-url-file".into(),
+                s(&good_file),
+                "--database-url".into(),
+                good.clone(),
+            ],
+            with(&[]),
+            2,
+        ),
+        (
+            "PGPASSWORD",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("PGPASSWORD", PASSWORD.into())]),
+            0,
+        ),
+        (
+            "PGPASSWORD, wrong",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("PGPASSWORD", WRONG_PASSWORD.into())]),
+            1,
+        ),
+        (
+            "PGPASSWORD_FILE",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("PGPASSWORD_FILE", s(&pw_file))]),
+            0,
+        ),
+        (
+            "PGPASSWORD_FILE, wrong",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("PGPASSWORD_FILE", s(&wrong_pw_file))]),
+            1,
+        ),
+        (
+            "~/.pgpass",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("HOME", h(&home_good))]),
+            0,
+        ),
+        (
+            "~/.pgpass, wrong",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("HOME", h(&home_wrong))]),
+            1,
+        ),
+        (
+            "~/.pgpass, world-readable",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("HOME", h(&home_open))]),
+            1,
+        ),
+        (
+            "PGPASSFILE",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[("PGPASSFILE", s(&passfile))]),
+            0,
+        ),
+        (
+            "no password anywhere",
+            vec!["--database-url".into(), bare.clone()],
+            with(&[]),
+            1,
+        ),
+        (
+            "Prisma URL",
+            vec!["--database-url".into(), prisma.clone()],
+            with(&[]),
+            0,
+        ),
+        (
+            "Prisma URL, pgbouncer=true",
+            vec!["--database-url".into(), format!("{prisma}&pgbouncer=true")],
+            with(&[]),
+            2,
+        ),
+        (
+            "Prisma URL, bad option",
+            vec!["--database-url".into(), format!("{prisma}&pool_size=1")],
+            with(&[]),
+            2,
+        ),
+        (
+            "Prisma URL, wrong",
+            vec!["--database-url".into(), format!("{wrong}?schema=public")],
+            with(&[]),
+            1,
+        ),
+    ];
+    for (label, args, env, code) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = run_with(&args, &env);
+        assert_eq!(out.status.code(), Some(*code), "{label}: {}", stderr(&out));
+        assert_secret_free(label, &out);
+    }
+    // libpq's variables alone, with the password from PGPASSWORD, as psql would connect.
+    let mut env = libpq.clone();
+    env.push(("PGPASSWORD", PASSWORD));
+    let out = run_with(&[], &env);
+    assert_eq!(out.status.code(), Some(0), "PG*: {}", stderr(&out));
+    assert_secret_free("PG*", &out);
+    // What each refusal said (and that the world-readable file was ignored, with a warning).
+    let out = run_with(&["--database-url", &bare], &[("HOME", &h(&home_open))]);
+    assert!(
+        stderr(&out).contains("has group or world access"),
+        "{}",
+        stderr(&out)
+    );
+    let wrong_line = error_line(&run_with(
+        &["--database-url", &bare],
+        &[("PGPASSWORD", WRONG_PASSWORD)],
+    ));
+    assert!(wrong_line.contains("28P01"), "{wrong_line}");
 }

@@ -144,9 +144,8 @@ fn waiting_runner(db: &TestDb, url: &str, netns: Option<&str>) -> (Child, BusyHo
         }
         None => std::process::Command::new(bin),
     };
-    let child = cmd
+    let child = hermetic(&mut cmd)
         .args(["--database-url", url, "--wait", "5s", "migrate"])
-        .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -140,16 +140,26 @@ pub fn set_lock_timeout(client: &mut Client, timeout: Duration) -> Result<()> {
 /// Opens one connection, registered with the run's interrupt, with no session settings yet (a
 /// pooler must be ruled out before anything is set on a server connection it may share).
 pub fn connect_raw(settings: &Settings) -> Result<Conn> {
-    settings.interrupt.check()?;
-    let conn = settings.connection()?;
+    open(settings).map_err(|(err, _)| err)
+}
+
+/// [`connect_raw`], and whether its failure is one that waiting for the server may cure.
+fn open(settings: &Settings) -> std::result::Result<Conn, (Error, Wait)> {
+    let final_ = |e: Error| (e, Wait::GiveUp);
+    settings.interrupt.check().map_err(|r| final_(r.into()))?;
+    let conn = settings.connection().map_err(final_)?;
     let mut config = conn.config;
     config.application_name(APPLICATION_NAME);
-    let connector = tls::connector(&conn.tls)?;
-    let fail = |e: postgres::Error| Error::Connect {
-        target: conn.target.to_string(),
-        waited: Duration::ZERO,
-        sqlstate: sqlstate(&e).map(str::to_owned),
-        cause: describe_pg_error(&e),
+    let connector = tls::connector(&conn.tls).map_err(final_)?;
+    let fail = |e: postgres::Error| {
+        let wait = classify(&e);
+        let err = Error::Connect {
+            target: conn.target.to_string(),
+            waited: Duration::ZERO,
+            sqlstate: sqlstate(&e).map(str::to_owned),
+            cause: describe_pg_error(&e),
+        };
+        (err, wait)
     };
     let mut client = config.connect(connector.clone()).map_err(fail)?;
     let registration = settings
@@ -160,10 +170,12 @@ pub fn connect_raw(settings: &Settings) -> Result<Conn> {
         .map_err(fail)?;
     let (pid, server_version) = first_row(&rows)
         .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))
-        .ok_or_else(|| Error::Database {
-            context: "reading the backend pid".into(),
-            sqlstate: None,
-            cause: "the server sent no row".into(),
+        .ok_or_else(|| {
+            final_(Error::Database {
+                context: "reading the backend pid".into(),
+                sqlstate: None,
+                cause: "the server sent no row".into(),
+            })
         })?;
     Ok(Conn {
         client,
@@ -171,6 +183,56 @@ pub fn connect_raw(settings: &Settings) -> Result<Conn> {
         server_version,
         _cancel: registration,
     })
+}
+
+/// Whether a failed connection attempt is worth repeating within `--wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The server is not up yet (connection refused, a name not resolving yet, a timeout,
+    /// 57P03 "the database system is starting up", too many connections for now, ...).
+    Retry,
+    /// Configuration: waiting would not fix it (see [`classify`]).
+    GiveUp,
+}
+
+/// The explicit line between "not up yet" and "configured wrong". Given up at once: bad or
+/// missing credentials, an unknown role or database, no permission (the SQLSTATEs of
+/// [`PERMANENT_CONNECT_ERRORS`]); the driver's own configuration errors (no password to send);
+/// TLS that cannot be had (the server does not offer it, a certificate that does not verify or
+/// does not match the host, a client certificate refused). Everything else is waited for.
+pub(crate) fn classify(err: &postgres::Error) -> Wait {
+    if let Some(code) = sqlstate(err) {
+        return if PERMANENT_CONNECT_ERRORS.contains(&code) {
+            Wait::GiveUp
+        } else {
+            Wait::Retry
+        };
+    }
+    let text = describe_pg_error(err);
+    let tls_refused = text.starts_with("error performing TLS handshake")
+        && !is_transient_io(std::error::Error::source(err));
+    if text.starts_with("invalid configuration")
+        || text.starts_with("authentication error")
+        || tls_refused
+    {
+        Wait::GiveUp
+    } else {
+        Wait::Retry
+    }
+}
+
+/// A TLS failure that is the connection dropping (a server going down mid-handshake), not
+/// TLS refusing.
+fn is_transient_io(source: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    use std::io::ErrorKind::*;
+    source
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe | TimedOut
+            )
+        })
 }
 
 /// The first data row of a simple-protocol result.
@@ -189,8 +251,8 @@ pub fn connect_once(settings: &Settings) -> Result<Conn> {
 }
 
 /// Connects, retrying with backoff until `settings.connect_wait` has passed, and applies the
-/// session settings. Bad credentials and a missing database fail at once: waiting would not
-/// fix them.
+/// session settings. Configuration errors ([`classify`]: credentials, an unknown database or
+/// role, TLS) fail at once: waiting would not fix them.
 pub fn connect_with_wait(settings: &Settings) -> Result<Conn> {
     let mut conn = connect_raw_with_wait(settings)?;
     conn.setup(settings, settings.lock_timeout)?;
@@ -200,14 +262,21 @@ pub fn connect_with_wait(settings: &Settings) -> Result<Conn> {
 /// [`connect_with_wait`] without the session settings.
 pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
     validate(settings)?;
-    let target: DbTarget = settings.target()?;
+    let connection = settings.connection()?;
+    if !connection.ignored.is_empty() {
+        log::warn!(
+            "ignoring {} in the URL: Prisma's settings for its own connection pool, not for a migration run",
+            connection.ignored.join(", ")
+        );
+    }
+    let target: DbTarget = connection.target;
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     let mut last_logged: Option<Instant> = None;
     loop {
         attempt += 1;
-        match connect_raw(settings) {
+        match open(settings) {
             Ok(conn) => {
                 if attempt > 1 {
                     log::info!(
@@ -217,14 +286,14 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
                 }
                 return Ok(conn);
             }
-            Err(Error::Connect {
-                sqlstate, cause, ..
-            }) => {
-                let permanent = sqlstate
-                    .as_deref()
-                    .is_some_and(|code| PERMANENT_CONNECT_ERRORS.contains(&code));
+            Err((
+                Error::Connect {
+                    sqlstate, cause, ..
+                },
+                wait,
+            )) => {
                 let waited = started.elapsed();
-                if permanent || waited + delay > settings.connect_wait {
+                if wait == Wait::GiveUp || waited + delay > settings.connect_wait {
                     return Err(Error::Connect {
                         target: target.to_string(),
                         waited,
@@ -243,7 +312,7 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
                 settings.interrupt.sleep(retry::jitter(delay))?;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(other) => return Err(other),
+            Err((other, _)) => return Err(other),
         }
     }
 }

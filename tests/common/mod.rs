@@ -136,13 +136,12 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
 }
 
 pub fn run_bin(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"))
+    runner_bin()
         .arg("--database-url")
         .arg(url)
         .arg("--wait")
         .arg("10s")
         .args(args)
-        .env_remove("DATABASE_URL")
         .output()
         .expect("run meta-chat-migrate")
 }
@@ -303,10 +302,64 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+/// The binary, with none of the developer's or CI's configuration: see [`hermetic`].
 pub fn runner_bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meta-chat-migrate"));
-    c.env_remove("DATABASE_URL");
+    hermetic(&mut c);
     c
+}
+
+/// Removes every source of configuration the runner reads besides its flags (every `PG*`
+/// variable, `DATABASE_URL`, `DATABASE_URL_FILE`) and points `HOME` at an empty directory (no
+/// `~/.pgpass`), so that a test sees only what it sets itself.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("PG") || k.starts_with("DATABASE_URL") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("PGPASSWORD_FILE")
+        .env("HOME", empty_home())
+}
+
+/// An empty directory of this test process, for `HOME`.
+pub fn empty_home() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mcm-home-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A new private directory for one test's files (removed when dropped).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "mcm-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `name` with `content` and mode `mode`; returns its path.
+    pub fn file(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A port nothing listens on right now.
@@ -547,8 +600,7 @@ pub fn pg_bindir() -> PathBuf {
 /// recovery and accepts only read-only sessions. Stopped and removed when dropped.
 pub struct Standby {
     pub url: String,
-    dir: PathBuf,
-    bin: PathBuf,
+    _cluster: Cluster,
 }
 
 fn as_postgres(bin: &std::path::Path, args: &[&str]) -> Output {
@@ -569,9 +621,31 @@ fn as_postgres(bin: &std::path::Path, args: &[&str]) -> Output {
 
 impl Standby {
     pub fn start() -> Standby {
+        let cluster = Cluster::start(&[("standby.signal", "", 0o600)], "", None);
+        Standby {
+            url: cluster.url.clone(),
+            _cluster: cluster,
+        }
+    }
+}
+
+/// A throwaway PostgreSQL cluster of the test server's version on a free port (127.0.0.1 and a
+/// socket in its directory), started for one test with the given files, `postgresql.conf`
+/// additions and `pg_hba.conf`; stopped and removed when dropped.
+pub struct Cluster {
+    pub url: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// `files`: (name in the data directory, content, mode), owned by the server's user.
+    pub fn start(files: &[(&str, &str, u32)], conf: &str, hba: Option<&str>) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
         let bin = pg_bindir();
         let dir = std::env::temp_dir().join(format!(
-            "mcm-standby-{}-{}",
+            "mcm-cluster-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -596,11 +670,23 @@ impl Standby {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::write(dir.join("standby.signal"), "").unwrap();
-        let _ = Command::new("chown")
-            .args(["postgres"])
-            .arg(dir.join("standby.signal"))
-            .status();
+        let mut all: Vec<(&str, String, u32)> = files
+            .iter()
+            .map(|(n, c, m)| (*n, c.to_string(), *m))
+            .collect();
+        if let Some(hba) = hba {
+            all.push(("pg_hba.conf", hba.to_string(), 0o600));
+        }
+        let conf_path = dir.join("postgresql.conf");
+        let mut base = std::fs::read_to_string(&conf_path).unwrap();
+        base.push_str(conf);
+        all.push(("postgresql.conf", base, 0o600));
+        for (name, content, mode) in all {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let _ = Command::new("chown").args(["postgres"]).arg(&path).status();
+        }
         let port = free_port();
         let opts =
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d}");
@@ -611,26 +697,42 @@ impl Standby {
         );
         assert!(
             out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
-        Standby {
+        Cluster {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
             dir,
             bin,
         }
     }
+
+    /// A superuser session over the cluster's unix socket (whatever pg_hba.conf says of TCP).
+    pub fn admin(&self) -> Client {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres");
+        config
+            .connect(NoTls)
+            .expect("connect to the cluster's socket")
+    }
 }
 
-impl Drop for Standby {
+impl Drop for Cluster {
     fn drop(&mut self) {
-        let d = self.dir.to_str().unwrap().to_string();
-        as_postgres(
-            &self.bin.join("pg_ctl"),
-            &["-D", &d, "-m", "immediate", "stop"],
-        );
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_cluster(&self.bin, &self.dir);
     }
+}
+
+fn stop_cluster(bin: &std::path::Path, dir: &std::path::Path) {
+    let d = dir.to_str().unwrap().to_string();
+    as_postgres(&bin.join("pg_ctl"), &["-D", &d, "-m", "immediate", "stop"]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The runner's backends in `db` (application_name), as (pid, state, query).
