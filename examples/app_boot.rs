@@ -2,8 +2,8 @@
 //!
 //! Every replica may call this at once: runners serialise on an advisory lock, so each version
 //! is applied exactly once and the others wait, then find nothing to do. The postgres crate is
-//! synchronous (it runs its own small runtime), so it must not run on an async worker thread:
-//! `spawn_blocking` moves it to tokio's blocking pool.
+//! synchronous (it runs its own small runtime): `migrate_async` runs it on tokio's blocking pool,
+//! so no worker thread waits, and dropping its future (a shutdown) stops the run cleanly.
 //!
 //!     DATABASE_URL=postgres://postgres@localhost:5432/postgres cargo run --example app_boot
 
@@ -18,8 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // operator decide with `meta-chat-migrate check` and `migrate --orphans ...`.
     settings.orphans = OrphanPolicy::Refuse;
 
-    let report =
-        tokio::task::spawn_blocking(move || meta_chat_migrations::migrate(&settings)).await??;
+    let report = meta_chat_migrations::migrate_async(settings).await?;
     log::info!(
         "schema of {} at version {:?} ({} applied now)",
         report.database,

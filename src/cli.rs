@@ -82,6 +82,9 @@ pub struct LockArgs {
     /// How long to wait for the migration lock [default: as long as a live runner holds it]
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     lock_wait: Option<Duration>,
+    /// How often a step that runs long (an index build, a validation) logs its progress.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    progress_every: Duration,
 }
 
 #[derive(Args)]
@@ -229,6 +232,7 @@ impl LockArgs {
         settings.lock_timeout = self.lock_timeout;
         settings.lock_retries = self.lock_retries;
         settings.lock_wait = self.lock_wait;
+        settings.progress_every = self.progress_every;
     }
 }
 
@@ -301,6 +305,37 @@ fn print<T: serde::Serialize>(json: bool, value: &T, lines: impl FnOnce() -> Vec
         print_json(value);
     } else {
         lines().iter().for_each(|l| out!("{l}"));
+    }
+}
+
+/// An error as the one JSON document of a `--json` run, on stdout:
+/// `{"error": {"kind", "message", "exit_code", "sqlstate", "findings"}}` (`sqlstate` when the
+/// server sent one, `findings` with the rows a key would refuse).
+pub fn print_error_json(err: &Error) {
+    let findings = match err {
+        Error::Orphans(f) => serde_json::to_value(f).ok(),
+        _ => None,
+    };
+    print_json(&serde_json::json!({
+        "error": {
+            "kind": err.kind(),
+            "message": err.to_string(),
+            "exit_code": err.exit_code(),
+            "sqlstate": err.sqlstate(),
+            "findings": findings,
+        }
+    }));
+}
+
+impl Cli {
+    /// Whether the command was given `--json`: its errors are then JSON on stdout too.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Migrate(a) => a.json,
+            Command::Partitions(a) => a.json,
+            Command::Status(a) | Command::Verify(a) => a.json,
+            Command::Check(a) => a.json,
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use crate::tls::TlsOptions;
 
 /// Months of partitions kept ahead of the current one.
 pub const DEFAULT_PREMAKE: u32 = 6;
+/// How often a step that runs long logs its progress.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Rows moved out of DEFAULT partitions in one run at most, unless `--max-moved-rows` says
 /// otherwise: about one second of DEFAULT's lock at the measured rate.
@@ -72,6 +74,8 @@ pub struct Settings {
     /// Months of partitions kept ahead of the current one (`partitions`, and the end of
     /// `migrate`).
     pub premake: u32,
+    /// How often a step that runs long logs its progress (`--progress-every`).
+    pub progress_every: Duration,
     /// At most this many rows are moved out of DEFAULT partitions in one run (the move holds
     /// DEFAULT's lock); above it the run is refused.
     pub max_moved_rows: u64,
@@ -101,6 +105,7 @@ impl Settings {
             schema,
             lock_wait: None,
             premake: DEFAULT_PREMAKE,
+            progress_every: DEFAULT_PROGRESS_EVERY,
             max_moved_rows: DEFAULT_MAX_MOVED_ROWS,
             as_of: None,
             skip_partitions: false,
@@ -140,6 +145,7 @@ impl fmt::Debug for Settings {
             .field("schema", &self.schema)
             .field("lock_wait", &self.lock_wait)
             .field("premake", &self.premake)
+            .field("progress_every", &self.progress_every)
             .field("max_moved_rows", &self.max_moved_rows)
             .field("as_of", &self.as_of)
             .field("skip_partitions", &self.skip_partitions)

@@ -166,6 +166,11 @@ pub enum Error {
         limit: u64,
         seconds: f64,
     },
+
+    /// The blocking task of [`crate::migrate_async`] did not return (its runtime shut down, or
+    /// it panicked).
+    #[error("the migration task did not finish: {cause}; run migrate again")]
+    Task { cause: String },
 }
 
 fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
@@ -244,6 +249,46 @@ impl Error {
             sqlstate: sqlstate(&err).map(str::to_owned),
             cause: describe_pg_error(&err),
         }
+    }
+
+    /// The variant's name in kebab case: the `kind` of a `--json` error, stable for scripts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidUrl { .. } => "invalid-url",
+            Error::Source { .. } => "source",
+            Error::Usage { .. } => "usage",
+            Error::Connect { .. } => "connect",
+            Error::Database { .. } => "database",
+            Error::LockTimeout { .. } => "lock-timeout",
+            Error::Orphans(_) => "orphans",
+            Error::UnknownVersion { .. } => "unknown-version",
+            Error::Divergent { .. } => "divergent",
+            Error::UnknownVersionArg { .. } => "unknown-version-arg",
+            Error::NeedsBaseline { .. } => "needs-baseline",
+            Error::BaselineMismatch { .. } => "baseline-mismatch",
+            Error::BaselineNotApplicable { .. } => "baseline-not-applicable",
+            Error::HistoryGap { .. } => "history-gap",
+            Error::Layout { .. } => "layout",
+            Error::MissingTable { .. } => "missing-table",
+            Error::Conflict { .. } => "conflict",
+            Error::NewViolations { .. } => "new-violations",
+            Error::NotInPlace { .. } => "not-in-place",
+            Error::VerifyFailed { .. } => "verify-failed",
+            Error::Refinery(_) => "refinery",
+            Error::Interrupted { .. } => "interrupted",
+            Error::ReadOnly { .. } => "read-only",
+            Error::TransactionPooler { .. } => "transaction-pooler",
+            Error::LockWait { .. } => "lock-wait",
+            Error::Schema { .. } => "schema",
+            Error::TooManyRowsToMove { .. } => "too-many-rows-to-move",
+            Error::Task { .. } => "task",
+        }
+    }
+
+    /// False for the one error that follows a report already printed (`verify`'s failed
+    /// assertions), so that `--json` prints one document, never two.
+    pub fn report_not_printed(&self) -> bool {
+        !matches!(self, Error::VerifyFailed { .. })
     }
 
     /// The SQLSTATE of the underlying database error, where there is one.

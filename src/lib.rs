@@ -21,6 +21,7 @@
 //! [`interrupt`] and [`error`].
 
 pub mod adopt;
+pub(crate) mod blocking;
 pub mod catalog;
 pub mod check;
 #[cfg(feature = "cli")]
@@ -46,10 +47,18 @@ pub mod sql;
 pub mod tls;
 pub mod verify;
 
+pub use blocking::migrate_async;
 pub use config::{OrphanPolicy, Settings, DEFAULT_DATABASE_URL};
 pub use error::{exit, Error, Result};
 pub use interrupt::{Interrupt, Reason};
-pub use migrate::{migrate, MigrateReport};
+pub use migrate::MigrateReport;
+
+/// Applies pending migrations online, then keeps the monthly partitions ahead (see the README).
+/// Blocking; safe to call from anywhere, also from inside a tokio runtime (the work then runs on
+/// a thread of its own while this one waits): from async code prefer [`migrate_async`].
+pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
+    blocking::off_runtime(|| migrate::migrate(settings))
+}
 
 /// `migrate` with the documented defaults for everything but the URL.
 pub fn migrate_url(database_url: &str) -> Result<MigrateReport> {
@@ -58,36 +67,42 @@ pub fn migrate_url(database_url: &str) -> Result<MigrateReport> {
 
 /// `status`: applied, pending, divergent and unknown versions. Creates nothing.
 pub fn status(settings: &Settings) -> Result<history::Status> {
-    let mut conn = db::connect_with_wait(settings)?;
-    history::status(&mut conn)
+    blocking::off_runtime(|| {
+        let mut conn = db::connect_with_wait(settings)?;
+        history::status(&mut conn)
+    })
 }
 
 /// `check`: orphan counts, constraint status and partition layout. Read-only.
 pub fn check(settings: &Settings) -> Result<check::CheckReport> {
-    let mut conn = db::connect_with_wait(settings)?;
-    check::check(
-        conn.client(),
-        &settings.schema,
-        settings.premake,
-        settings.as_of.as_deref(),
-    )
+    blocking::off_runtime(|| {
+        let mut conn = db::connect_with_wait(settings)?;
+        check::check(
+            conn.client(),
+            &settings.schema,
+            settings.premake,
+            settings.as_of.as_deref(),
+        )
+    })
 }
 
 /// `verify`: the spec's seven assertions and this crate's own, inside a transaction that is
 /// rolled back.
 pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
-    let mut conn = db::connect_with_wait(settings)?;
-    verify::verify(conn.client(), &settings.schema)
+    blocking::off_runtime(|| {
+        let mut conn = db::connect_with_wait(settings)?;
+        verify::verify(conn.client(), &settings.schema)
+    })
 }
 
 /// `migrate --dry-run`: what `migrate` would do, read from the catalog. Changes nothing and never
 /// waits for the migration lock.
 pub fn plan(settings: &Settings) -> Result<dryrun::MigratePlan> {
-    dryrun::plan(settings)
+    blocking::off_runtime(|| dryrun::plan(settings))
 }
 
 /// `partitions`: every monthly table has a partition from the current month through
 /// `settings.premake` months ahead, created online under the migration lock.
 pub fn partitions(settings: &Settings) -> Result<partitions::PartitionsReport> {
-    partitions::run(settings)
+    blocking::off_runtime(|| partitions::run(settings))
 }

@@ -9,15 +9,28 @@ use clap::Parser;
 use meta_chat_migrations::cli::{self, Cli};
 use meta_chat_migrations::{exit, Error, Interrupt, Reason};
 
+/// What is logged without `RUST_LOG`: the runner's own lines at `info`, and only warnings of the
+/// libraries (refinery's per-migration internals, the driver's NOTICEs).
+const DEFAULT_LOG: &str = "info,refinery_core=warn,postgres=warn,tokio_postgres=warn";
+
+/// `RUST_LOG` adds to [`DEFAULT_LOG`] rather than replacing it (a later directive for the same
+/// target wins), so `RUST_LOG=info`, as the container sets it, prints what the README shows, and
+/// `RUST_LOG=debug` or `RUST_LOG=refinery_core=info` still reach what they name.
+fn log_filter(rust_log: Option<String>) -> String {
+    match rust_log {
+        Some(extra) if !extra.trim().is_empty() => format!("{DEFAULT_LOG},{extra}"),
+        _ => DEFAULT_LOG.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default()
-            .default_filter_or("info,refinery_core=warn,postgres=warn,tokio_postgres=warn"),
-    )
-    .format_target(false)
-    .format_timestamp_millis()
-    .init();
+    env_logger::Builder::new()
+        .parse_filters(&log_filter(std::env::var("RUST_LOG").ok()))
+        .format_target(false)
+        .format_timestamp_millis()
+        .init();
     let cli = Cli::parse();
+    let json = cli.json();
     let interrupt = Interrupt::new();
     on_signals(interrupt.clone());
     let outcome = cli::run(cli, interrupt.clone());
@@ -30,6 +43,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             eprintln!("error: {err}");
+            if json && err.report_not_printed() {
+                cli::print_error_json(&err);
+            }
             ExitCode::from(err.exit_code() as u8)
         }
     }

@@ -63,6 +63,11 @@ const LOCK_HOLDERS: &str = "SELECT l.pid, a.application_name::text, a.state::tex
 const HOLDS_LOCK: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
        AND granted AND pid = pg_backend_pid() AND classid = $1::int4::oid \
        AND objid = $2::int4::oid AND objsubid = 2)";
+const STEP_PROGRESS: &str =
+    "SELECT a.pid, p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total \
+     FROM pg_stat_activity a LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid \
+     WHERE a.pid = ANY($1) AND a.state = 'active' AND a.wait_event_type IS DISTINCT FROM 'Lock'";
+
 const WAITING_BACKENDS: &str = "SELECT pid, pg_blocking_pids(pid), wait_event \
      FROM pg_stat_activity WHERE pid = ANY($1) AND wait_event_type = 'Lock'";
 
@@ -144,9 +149,32 @@ pub fn join_work(conn: &mut Conn) -> Result<()> {
     )))
 }
 
+/// What `pg_stat_progress_create_index` says of one backend, as a phrase.
+fn progress_text(row: &postgres::Row) -> String {
+    let phase: Option<String> = row.get(1);
+    let Some(phase) = phase else {
+        return "still scanning (PostgreSQL reports no progress for this statement)".into();
+    };
+    let part = |done: Option<i64>, total: Option<i64>, unit: &str| match (done, total) {
+        (Some(d), Some(t)) if t > 0 => Some(format!(
+            ", {d} of {t} {unit} ({:.0}%)",
+            100.0 * d as f64 / t as f64
+        )),
+        _ => None,
+    };
+    let detail = part(row.get(2), row.get(3), "blocks")
+        .or_else(|| part(row.get(4), row.get(5), "tuples"))
+        .unwrap_or_default();
+    format!("{phase}{detail}")
+}
+
 #[derive(Default)]
 struct Waiting {
     step: String,
+    /// When the step started.
+    started: Option<Instant>,
+    last_progress: Option<Instant>,
+    /// When it was first seen waiting for a lock.
     since: Option<Instant>,
     last_logged: Option<Instant>,
     blockers: Vec<i32>,
@@ -155,21 +183,37 @@ struct Waiting {
 /// Which of the run's connections wait for a lock, and for which pids: steps register here,
 /// and the lock's keeper thread polls `pg_blocking_pids`, logs long waits, and remembers the
 /// blockers for errors.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BlockerWatch {
     watched: Arc<Mutex<HashMap<i32, Waiting>>>,
+    /// How often a step that runs long logs its progress (`--progress-every`).
+    progress_every: Duration,
+}
+
+impl Default for BlockerWatch {
+    fn default() -> Self {
+        BlockerWatch::new(crate::config::DEFAULT_PROGRESS_EVERY)
+    }
 }
 
 const REPORT_AFTER: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl BlockerWatch {
+    pub fn new(progress_every: Duration) -> BlockerWatch {
+        BlockerWatch {
+            watched: Arc::default(),
+            progress_every,
+        }
+    }
+
     /// Starts watching `pid`, which is about to run `step`.
     pub fn watch(&self, pid: i32, step: &str) {
         self.watched.lock().unwrap().insert(
             pid,
             Waiting {
                 step: step.to_string(),
+                started: Some(Instant::now()),
                 ..Waiting::default()
             },
         );
@@ -185,12 +229,58 @@ impl BlockerWatch {
             .unwrap_or_default()
     }
 
-    /// One poll: which watched pids wait for a lock, and for whom.
+    /// One poll: which watched pids wait for a lock, and for whom; then the progress of the
+    /// steps that run long.
     fn poll(&self, client: &mut Client) -> std::result::Result<(), postgres::Error> {
         let pids: Vec<i32> = self.watched.lock().unwrap().keys().copied().collect();
         if pids.is_empty() {
             return Ok(());
         }
+        self.poll_waits(client, &pids)?;
+        self.poll_progress(client)
+    }
+
+    /// Logs, every `progress_every`, what each step running that long is doing: for an index
+    /// build its phase and blocks or tuples done (`pg_stat_progress_create_index`), otherwise
+    /// that it is still running. A step waiting for a lock is logged by [`Self::poll_waits`].
+    fn poll_progress(&self, client: &mut Client) -> std::result::Result<(), postgres::Error> {
+        let every = self.progress_every;
+        let due: Vec<i32> = self
+            .watched
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, w)| {
+                w.started.is_some_and(|t| t.elapsed() >= every)
+                    && w.last_progress.is_none_or(|t| t.elapsed() >= every)
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let rows = client.query(STEP_PROGRESS, &[&due])?;
+        let mut map = self.watched.lock().unwrap();
+        for row in rows {
+            let Some(entry) = map.get_mut(&row.get::<_, i32>(0)) else {
+                continue;
+            };
+            let running = entry.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            log::info!(
+                "{}: running {running:.1}s; {}",
+                entry.step,
+                progress_text(&row)
+            );
+            entry.last_progress = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn poll_waits(
+        &self,
+        client: &mut Client,
+        pids: &[i32],
+    ) -> std::result::Result<(), postgres::Error> {
         let rows = client.query(WAITING_BACKENDS, &[&pids])?;
         let mut map = self.watched.lock().unwrap();
         for row in rows {
@@ -253,7 +343,7 @@ impl MigrationLock {
     pub fn acquire(mut conn: Conn, settings: &Settings) -> Result<MigrationLock> {
         wait_for_lock(&mut conn, settings)?;
         end_leftovers(&mut conn, &settings.interrupt)?;
-        let watch = BlockerWatch::default();
+        let watch = BlockerWatch::new(settings.progress_every);
         let shared: Arc<(Mutex<KeeperState>, Condvar)> = Arc::default();
         let handle = {
             let (watch, shared, interrupt) =
