@@ -391,11 +391,10 @@ fn one_run(
 ) -> Figures {
     let name = "mcm_bench_parts_run";
     drop_db(name);
-    admin()
-        .batch_execute(&format!(
-            "CREATE DATABASE {name} TEMPLATE {tpl}; CHECKPOINT"
-        ))
+    let mut a = admin();
+    a.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {tpl}"))
         .unwrap();
+    a.batch_execute("CHECKPOINT").unwrap();
     let url = db_url(name);
     let load = start_load(&url, schema, late);
     thread::sleep(Duration::from_millis(500));
