@@ -24,7 +24,7 @@
 //! in the server (Debian's `postgresql-15-partman`); without it (b) is skipped. The server is
 //! `BENCH_DATABASE_URL` or `TEST_DATABASE_URL` or the local one. Months are relative to today.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,6 +33,21 @@ use meta_chat_migrations::Settings;
 use postgres::{Client, NoTls};
 
 const TENANTS: i64 = 1000;
+
+/// Statements of the load that failed (for example an insert routed to DEFAULT just before an
+/// ATTACH, which PostgreSQL refuses with 23514 rather than re-route), and the first error.
+static LOAD_ERRORS: AtomicUsize = AtomicUsize::new(0);
+static FIRST_LOAD_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+fn load_error(e: postgres::Error) {
+    LOAD_ERRORS.fetch_add(1, Ordering::Relaxed);
+    let mut first = FIRST_LOAD_ERROR.lock().unwrap();
+    if first.is_none() {
+        *first = Some(e.as_db_error().map_or(e.to_string(), |d| {
+            format!("{}: {}", d.code().code(), d.message())
+        }));
+    }
+}
 const CONVERSATIONS: i64 = 20000;
 
 struct Args {
@@ -297,10 +312,13 @@ fn worker(
         let conv = fastrand::i64(1..=CONVERSATIONS);
         let started = Instant::now();
         let id = format!("{}-{w}-{i}", kind.app());
-        match kind {
-            Kind::Reader => drop(c.query(&read, &[&conv]).unwrap()),
-            Kind::Writer if i % 4 == 0 => drop(c.execute(&log, &[&id, &conv]).unwrap()),
-            _ => drop(c.execute(&msg, &[&id, &conv]).unwrap()),
+        let outcome = match kind {
+            Kind::Reader => c.query(&read, &[&conv]).map(drop),
+            Kind::Writer if i % 4 == 0 => c.execute(&log, &[&id, &conv]).map(drop),
+            _ => c.execute(&msg, &[&id, &conv]).map(drop),
+        };
+        if let Err(e) = outcome {
+            load_error(e);
         }
         local.push((kind, started, started.elapsed()));
         if kind != Kind::Writer {
@@ -376,6 +394,8 @@ struct Figures {
     /// What blocked the longest read, from the wait samples.
     cause: String,
     failed: Option<String>,
+    /// Statements of the load that failed during the run.
+    load_errors: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -398,6 +418,7 @@ fn one_run(
     let url = db_url(name);
     let load = start_load(&url, schema, late);
     thread::sleep(Duration::from_millis(500));
+    LOAD_ERRORS.store(0, Ordering::Relaxed);
     let t0 = Instant::now();
     let outcome = work(&url);
     let wall = t0.elapsed();
@@ -427,6 +448,7 @@ fn one_run(
             .count(),
         cause: cause_of(read, Kind::Reader.app(), &load.waits.lock().unwrap()),
         failed: outcome.err(),
+        load_errors: LOAD_ERRORS.swap(0, Ordering::Relaxed),
     };
     drop_db(name);
     f
@@ -477,9 +499,9 @@ struct Approach {
 
 fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approach]) {
     println!(
-        "| rows in DEFAULT | approach                       | wall (s) | longest read (ms) | longest insert (ms) | longest insert into DEFAULT's month (ms) | reads | longest read of each run (ms) |"
+        "| rows in DEFAULT | approach                       | wall (s) | longest read (ms) | longest insert (ms) | longest insert into DEFAULT's month (ms) | reads | failed statements (all runs) | longest read of each run (ms) |"
     );
-    println!("|----------------:|--------------------------------|---------:|------------------:|--------------------:|-----------------------------------------:|------:|-------------------------------|");
+    println!("|----------------:|--------------------------------|---------:|------------------:|--------------------:|-----------------------------------------:|------:|-----------------------------:|-------------------------------|");
     let mut runs: Vec<Vec<Figures>> = approaches.iter().map(|_| Vec::new()).collect();
     for _ in 0..repeat.max(1) {
         for (i, a) in approaches.iter().enumerate() {
@@ -494,7 +516,7 @@ fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approa
             v[v.len() / 2]
         };
         println!(
-            "| {rows:>15} | {:<30} | {:>8.2} | {:>17.1} | {:>19.1} | {:>40} | {reads:>5} | {} |",
+            "| {rows:>15} | {:<30} | {:>8.2} | {:>17.1} | {:>19.1} | {:>40} | {reads:>5} | {:>28} | {} |",
             a.label,
             m(|f| f.wall).as_secs_f64(),
             ms(m(|f| f.read)),
@@ -504,11 +526,15 @@ fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approa
             } else {
                 "-".into()
             },
+            r.iter().map(|f| f.load_errors).sum::<usize>(),
             r.iter()
                 .map(|f| format!("{:.1}", ms(f.read)))
                 .collect::<Vec<_>>()
                 .join(" / ")
         );
+    }
+    if let Some(e) = FIRST_LOAD_ERROR.lock().unwrap().take() {
+        println!("#   first failed statement of the load: {e}");
     }
     for (a, r) in approaches.iter().zip(&runs) {
         for (i, f) in r.iter().enumerate() {

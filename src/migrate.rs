@@ -39,6 +39,10 @@ pub struct MigrateReport {
     pub online: Vec<OpReport>,
     /// The partition window, kept at the end of a run that leaves the latest version.
     pub partitions: Option<crate::partitions::PartitionsReport>,
+    /// Why the months ahead were not created, when that failed after the migrations were
+    /// applied: the run still succeeds (the schema is at its version; an init container must
+    /// not keep the application from starting), and `partitions` or `check` (exit 5) say more.
+    pub partitions_error: Option<String>,
 }
 
 impl MigrateReport {
@@ -334,6 +338,7 @@ fn migrate_locked(
         orphans_resolved: Vec::new(),
         online: Vec::new(),
         partitions: None,
+        partitions_error: None,
     };
     // Where the tables already exist, the first batch's checks and pre-flight come before any
     // change (a refusal then changes nothing, not even a baseline).
@@ -368,7 +373,15 @@ fn migrate_locked(
         report.applied.len()
     );
     if report.to == Some(embedded::latest()) && !settings.skip_partitions {
-        report.partitions = Some(crate::partitions::maintain(settings, main, lock.watch())?);
+        match crate::partitions::maintain(settings, main, lock.watch()) {
+            Ok(p) => report.partitions = Some(p),
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
+            Err(e) if settings.interrupt.reason().is_some() => return Err(e),
+            Err(e) => {
+                log::warn!("the migrations are applied, but the monthly partitions ahead were not created: {e}; run `meta-chat-migrate partitions` (check exits 5 until then)");
+                report.partitions_error = Some(e.to_string());
+            }
+        }
     }
     Ok(report)
 }

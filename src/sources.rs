@@ -52,12 +52,22 @@ pub enum Origin {
     Default,
 }
 
-/// The connection string and where it came from.
-#[derive(Clone, Debug)]
+/// The connection string and where it came from. Its `Debug` shows the origin only: the URL
+/// may hold a password.
+#[derive(Clone)]
 pub struct Resolved {
     /// Secret: may hold a password.
     pub url: String,
     pub origin: Origin,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("url", &"<hidden>")
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 /// A non-empty environment variable (an empty one counts as unset, as in the official images).

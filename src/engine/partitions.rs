@@ -64,6 +64,9 @@ pub struct Window {
     pub last: Option<String>,
     /// The current month (UTC, or `--as-of`).
     pub current: String,
+    /// The last month that has begun in any time zone (a month up to it takes the move path:
+    /// an exclusion CHECK would refuse the application's inserts of it).
+    pub begun: String,
     /// How many months after the current one the partitions reach (negative: the window ran
     /// out that many months ago).
     pub ahead: i32,
@@ -119,7 +122,11 @@ const MONTHS: &str = "SELECT to_char(m, 'YYYY-MM') FROM generate_series( \
        $1::text::timestamptz AT TIME ZONE $3, ($2::text::timestamptz AT TIME ZONE $3) - interval '1 month', \
        interval '1 month') m";
 
-const CURRENT: &str = "SELECT to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC')), 'YYYY-MM')";
+/// The current month (UTC, or `--as-of`), and the last month that has begun anywhere: a day
+/// ahead of UTC covers every time zone bounds may be fixed in, and `--as-of` in the past must
+/// not make the month the application writes now look unbegun.
+const CURRENT: &str = "SELECT to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC')), 'YYYY-MM'), \
+     to_char(date_trunc('month', greatest(coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC'), now() AT TIME ZONE 'UTC' + interval '1 day')), 'YYYY-MM')";
 
 /// The literals of `FOR VALUES FROM ('a') TO ('b')`; `None` for DEFAULT, MINVALUE or MAXVALUE.
 fn bound_literals(bound: &str) -> Option<(String, String)> {
@@ -171,10 +178,10 @@ pub fn window(
             covered.insert(r.get::<_, String>(0));
         }
     }
-    let current: String = c
+    let row = c
         .query_one(CURRENT, &[&as_of])
-        .map_err(|e| Error::db("reading the current month", e))?
-        .get(0);
+        .map_err(|e| Error::db("reading the current month", e))?;
+    let (current, begun): (String, String) = (row.get(0), row.get(1));
     let default = parts.iter().find(|n| n.is_default()).map(|n| n.rel.clone());
     let default_rows = match &default {
         Some(d) => rows_by_month(c, d, &key, &zone)?,
@@ -197,6 +204,7 @@ pub fn window(
             .map_or(i32::MIN, |l| month_index(l) - month_index(&current)),
         zone,
         key,
+        begun,
         first,
         last,
         current,
@@ -296,6 +304,7 @@ pub(crate) fn plan(
         indexes: catalog::indexes_to_mirror(c, parent.oid)?,
     };
     let columns = catalog::columns(c, parent.oid)?;
+    let referenced = catalog::referenced_tables(c, parent.oid)?;
     let mut plans = Vec::new();
     for month in &window.missing {
         let row = c
@@ -313,6 +322,7 @@ pub(crate) fn plan(
             from: &from,
             to: &to,
             columns: &columns,
+            referenced: &referenced,
         };
         let steps = month_steps(c, planner, &m, &mirror)?;
         plans.push(MonthPlan {
@@ -348,6 +358,7 @@ struct MonthSpec<'a> {
     from: &'a str,
     to: &'a str,
     columns: &'a [String],
+    referenced: &'a [Relation],
 }
 
 impl MonthSpec<'_> {
@@ -478,7 +489,7 @@ fn attach_steps(
         None => None,
     };
     let rows = m.window.default_rows_of(m.month);
-    let begun = month_index(m.month) <= month_index(&m.window.current);
+    let begun = month_index(m.month) <= month_index(&m.window.begun);
     let path = match (&m.window.default, existing) {
         (None, _) => Path::Attach,
         (Some(_), _) if rows > 0 => Path::Move,
@@ -575,6 +586,24 @@ fn attach_partition(m: &MonthSpec<'_>, default: Option<&Relation>) -> Step {
     )
 }
 
+/// `LOCK` of the tables the parent's keys reference, in the mode ATTACH takes on them, so that
+/// the move takes every lock at its start: a lock taken later in the transaction could close a
+/// deadlock with an application transaction that waits for the first ones.
+fn lock_referenced(referenced: &[Relation]) -> String {
+    if referenced.is_empty() {
+        return String::new();
+    }
+    let list = referenced
+        .iter()
+        .map(Relation::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("LOCK TABLE {list} IN SHARE ROW EXCLUSIVE MODE; ")
+}
+
+/// Moves the month's rows out of DEFAULT and attaches, in one transaction. Writers of the
+/// parent wait on its SHARE lock before they route a row (an insert routed to DEFAULT before
+/// the attach would fail with 23514 after it), so none fails; readers go on until the attach.
 fn move_and_attach(m: &MonthSpec<'_>, default: &Relation) -> Step {
     let (table, part) = (&m.window.table, m.partition);
     let cols = m
@@ -587,17 +616,17 @@ fn move_and_attach(m: &MonthSpec<'_>, default: &Relation) -> Step {
         table,
         Action::MoveAndAttach,
         format!(
-            "LOCK TABLE {default} IN SHARE MODE; \
+            "LOCK TABLE {table} IN SHARE MODE; LOCK TABLE {default} IN SHARE MODE; {}\
              WITH moved AS (DELETE FROM ONLY {default} WHERE {} RETURNING {cols}) \
-             INSERT INTO {part} ({cols}) SELECT {cols} FROM moved; {}",
+             INSERT INTO {part} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved; {}",
+            lock_referenced(m.referenced),
             m.range(),
             m.attach_sql()
         ),
         format!(
-            "SHARE on {d} for the move ({} rows deleted there and inserted into the new table: reads go on, writes into {d} wait), then ACCESS EXCLUSIVE on {d} while the attach scans it and checks the moved rows against the keys (every read of {} that cannot prune it waits), SHARE UPDATE EXCLUSIVE on {}",
+            "SHARE on {t} and SHARE ROW EXCLUSIVE on the tables its keys reference for the move ({} rows deleted from {d} and inserted into the new table: reads go on, writes into {t} and those tables wait, none fails), then ACCESS EXCLUSIVE on {d} while the attach scans it and checks the moved rows against the keys (every read of {t} that cannot prune it waits)",
             m.window.default_rows_of(m.month),
-            table.plain(),
-            table.plain(),
+            t = table.plain(),
             d = default.plain(),
         ),
     )
