@@ -18,6 +18,8 @@
 //!
 //!     cargo bench --bench partitions -- [--messages 1000000] [--moves 100000,1000000] [--repeat 3] [--keep]
 //!
+//! (`--moves ''` runs the DEFAULT-empty comparison alone.)
+//!
 //! Each run is on a fresh copy of a template database (`CREATE DATABASE ... TEMPLATE`). The
 //! approaches run `--repeat` times each, interleaved; rows show medians. The longest read wait
 //! is, in practice, how long DEFAULT was held ACCESS EXCLUSIVE. Needs pg_partman 4.x installed
@@ -74,6 +76,7 @@ fn parse_args() -> Args {
                     .next()
                     .expect("--moves N[,N...]")
                     .split(',')
+                    .filter(|n| !n.trim().is_empty())
                     .map(number)
                     .collect()
             }
@@ -582,10 +585,12 @@ fn db_error(e: &postgres::Error) -> String {
 /// (b): pg_partman's maintenance, 6 months ahead, one transaction per parent.
 fn partman_maintenance(url: &str) -> Result<(), String> {
     let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
-    c.batch_execute(
-        "UPDATE partman.part_config SET premake = 6 WHERE parent_table LIKE 'pm.%'; CALL partman.run_maintenance_proc()",
-    )
-    .map_err(|e| db_error(&e))
+    c.batch_execute("UPDATE partman.part_config SET premake = 6 WHERE parent_table LIKE 'pm.%'")
+        .map_err(|e| db_error(&e))?;
+    // A statement of its own: the procedure commits per parent, which it cannot do inside the
+    // implicit transaction of a multi-statement query (2D000).
+    c.batch_execute("CALL partman.run_maintenance_proc()")
+        .map_err(|e| db_error(&e))
 }
 
 /// (c): the runner.
