@@ -192,6 +192,17 @@ pub(crate) fn maintain(
             rows_moved: p.rows_from_default,
         });
     }
+    let windows = windows_after(settings, main)?;
+    Ok(PartitionsReport {
+        premake: settings.premake,
+        created,
+        windows,
+        outside: left,
+    })
+}
+
+/// Every table's window after a run, logged.
+fn windows_after(settings: &Settings, main: &mut Conn) -> Result<Vec<Window>> {
     let windows = tables(settings)
         .iter()
         .map(|t| {
@@ -213,19 +224,14 @@ pub(crate) fn maintain(
             w.current
         );
     }
-    Ok(PartitionsReport {
-        premake: settings.premake,
-        created,
-        windows,
-        outside: left,
-    })
+    Ok(windows)
 }
 
 /// `meta-chat-migrate partitions`: connect, take the migration lock, maintain, release.
 pub fn run(settings: &Settings) -> Result<PartitionsReport> {
     let target = settings.target()?;
     log::info!(
-        "meta-chat-migrate {}: keeping the monthly partitions of schema {} of {target} {} month(s) ahead",
+        "meta-chat-migrate {}: keeping the monthly partitions of schema {} of {target}, {} month(s) ahead",
         env!("CARGO_PKG_VERSION"),
         settings.schema,
         settings.premake

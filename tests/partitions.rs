@@ -645,3 +645,55 @@ fn inserts_of_the_month_being_moved_wait_and_none_fails() {
         "every insert of the month is in its partition"
     );
 }
+
+/// What the move's DELETE would fire and its INSERT would not, and a DEFAULT of the wrong
+/// shape, are refused before anything changes, each named.
+#[test]
+fn a_move_that_would_fire_triggers_or_cascades_and_an_odd_default_are_refused() {
+    let cases = [
+        (
+            "CREATE FUNCTION count_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER messages_counter AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION count_it();",
+            "trigger messages_counter on messages_default",
+        ),
+        (
+            "CREATE TABLE reactions (\"messageId\" text, \"messageAt\" timestamptz,
+               FOREIGN KEY (\"messageId\", \"messageAt\") REFERENCES messages (id, \"createdAt\") ON DELETE CASCADE);",
+            "foreign key reactions_messageId_messageAt_fkey of reactions",
+        ),
+    ];
+    for (setup, named) in cases {
+        let db = with_rows_in_default();
+        let mut c = db.client();
+        c.batch_execute(setup).unwrap();
+        let before = (snapshot(&mut c), rows(&mut c));
+        let out = partitions(&db, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let line = error_line(&out);
+        assert!(
+            line.contains(named) && line.contains("move them by hand"),
+            "{line}"
+        );
+        assert_same(&snapshot(&mut c), &before.0, "refused move");
+        assert_eq!(rows(&mut c), before.1);
+    }
+    // A DEFAULT that is itself partitioned: its rows cannot be counted or moved with ONLY.
+    let db = latest_without_window();
+    let mut c = db.client();
+    c.batch_execute(
+        "ALTER TABLE messages DETACH PARTITION messages_default; DROP TABLE messages_default;
+         CREATE TABLE messages_default PARTITION OF messages DEFAULT PARTITION BY RANGE (\"createdAt\");
+         CREATE TABLE messages_default_all PARTITION OF messages_default DEFAULT;",
+    )
+    .unwrap();
+    let before = snapshot(&mut c);
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out)
+            .contains("DEFAULT partition public.messages_default is itself partitioned"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same(&snapshot(&mut c), &before, "refused layout");
+}

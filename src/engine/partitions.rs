@@ -32,8 +32,6 @@
 //! run is reused (if empty), a missing index is built, a leftover exclusion CHECK is
 //! validated or dropped.
 
-use std::collections::BTreeMap;
-
 use postgres::GenericClient;
 use serde::Serialize;
 
@@ -156,10 +154,52 @@ pub fn window(
     })?;
     let key = partition_key(c, table, nodes[0].oid)?;
     let parts: Vec<&catalog::Node> = nodes.iter().filter(|n| n.level == 1).collect();
+    let (zone, covered) = covered_months(c, table, &parts)?;
+    let row = c
+        .query_one(CURRENT, &[&as_of])
+        .map_err(|e| Error::db("reading the current month", e))?;
+    let (current, begun): (String, String) = (row.get(0), row.get(1));
+    let default = default_partition(table, &parts)?;
+    let default_rows = match &default {
+        Some(d) => rows_by_month(c, d, &key, &zone)?,
+        None => Vec::new(),
+    };
+    // `covered_months` refuses a table without any month, so both exist.
+    let first = covered.iter().next().cloned().unwrap_or_default();
+    let last = covered.iter().next_back().cloned().unwrap_or_default();
+    let missing = months_between(&first, &add_months(&current, premake as i32))
+        .into_iter()
+        .filter(|m| !covered.contains(m))
+        .collect();
+    Ok(Window {
+        table: table.clone(),
+        ahead: month_index(&last) - month_index(&current),
+        zone,
+        key,
+        begun,
+        first: Some(first),
+        last: Some(last),
+        current,
+        default,
+        default_rows,
+        missing,
+    })
+}
+
+/// The time zone in which every partition's bounds are month starts, and the months they
+/// cover. Refuses a table without a monthly partition: there is nothing to continue.
+fn covered_months(
+    c: &mut impl GenericClient,
+    table: &Relation,
+    parts: &[&catalog::Node],
+) -> Result<(String, std::collections::BTreeSet<String>)> {
     let ranged: Vec<(String, String)> = parts
         .iter()
         .filter_map(|n| bound_literals(&n.bound))
         .collect();
+    if ranged.is_empty() {
+        return Err(layout_error(table, "it has no monthly partition to continue from: create the first month by hand (CREATE TABLE ... PARTITION OF ... FOR VALUES FROM ... TO ...), then run partitions again".into()));
+    }
     let bounds: Vec<String> = ranged
         .iter()
         .flat_map(|(a, b)| [a.clone(), b.clone()])
@@ -178,40 +218,23 @@ pub fn window(
             covered.insert(r.get::<_, String>(0));
         }
     }
-    let row = c
-        .query_one(CURRENT, &[&as_of])
-        .map_err(|e| Error::db("reading the current month", e))?;
-    let (current, begun): (String, String) = (row.get(0), row.get(1));
-    let default = parts.iter().find(|n| n.is_default()).map(|n| n.rel.clone());
-    let default_rows = match &default {
-        Some(d) => rows_by_month(c, d, &key, &zone)?,
-        None => Vec::new(),
-    };
-    let first = covered.iter().next().cloned();
-    let last = covered.iter().next_back().cloned();
-    let end = add_months(&current, premake as i32);
-    let missing = match &first {
-        Some(f) => months_between(f, &end)
-            .into_iter()
-            .filter(|m| !covered.contains(m))
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(Window {
-        table: table.clone(),
-        ahead: last
-            .as_deref()
-            .map_or(i32::MIN, |l| month_index(l) - month_index(&current)),
-        zone,
-        key,
-        begun,
-        first,
-        last,
-        current,
-        default,
-        default_rows,
-        missing,
-    })
+    Ok((zone, covered))
+}
+
+/// The DEFAULT partition, if any; refused when it is itself partitioned (its rows could not be
+/// counted or moved with `ONLY`).
+fn default_partition(table: &Relation, parts: &[&catalog::Node]) -> Result<Option<Relation>> {
+    match parts.iter().find(|n| n.is_default()) {
+        Some(n) if n.kind == 'p' => Err(layout_error(
+            table,
+            format!(
+                "its DEFAULT partition {} is itself partitioned, which the runner does not maintain: make DEFAULT a plain table",
+                n.rel.plain()
+            ),
+        )),
+        Some(n) => Ok(Some(n.rel.clone())),
+        None => Ok(None),
+    }
 }
 
 fn partition_key(c: &mut impl GenericClient, table: &Relation, oid: u32) -> Result<String> {
@@ -499,38 +522,16 @@ fn attach_steps(
     };
     match (path, &m.window.default) {
         (Path::Move, Some(d)) => {
+            if rows > 0 {
+                refuse_unsafe_move(c, m, d)?;
+            }
             if existing.is_some() {
                 // A NOT VALID leftover that rows got past: it goes before they move.
                 steps.push(drop_exclusion(m, d, &exclusion));
             }
             steps.push(move_and_attach(m, d));
         }
-        (Path::Exclude, Some(d)) => {
-            if existing.is_none() {
-                steps.push(m.step(
-                    d,
-                    Action::AddExclusion,
-                    format!(
-                        "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK (NOT ({})) NOT VALID",
-                        m.range()
-                    ),
-                    format!("ACCESS EXCLUSIVE on {} (brief: no scan)", d.plain()),
-                ));
-            }
-            if existing != Some(true) {
-                steps.push(m.step(
-                    d,
-                    Action::ValidateExclusion,
-                    format!("ALTER TABLE {d} VALIDATE CONSTRAINT {exclusion}"),
-                    format!(
-                        "SHARE UPDATE EXCLUSIVE on {} (scans it; reads and writes go on)",
-                        d.plain()
-                    ),
-                ));
-            }
-            steps.push(attach_partition(m, Some(d)));
-            steps.push(drop_exclusion(m, d, &exclusion));
-        }
+        (Path::Exclude, Some(d)) => exclude_steps(m, d, &exclusion, existing, steps),
         _ => steps.push(attach_partition(m, None)),
     }
     steps.push(m.step(
@@ -546,6 +547,82 @@ fn attach_steps(
         ),
     ));
     Ok(())
+}
+
+/// A month DEFAULT holds no rows of: an exclusion CHECK on DEFAULT (added NOT VALID, then
+/// validated without blocking anyone, each unless an earlier run did it), so that the ATTACH
+/// scans nothing; then the ATTACH, and the CHECK goes.
+fn exclude_steps(
+    m: &MonthSpec<'_>,
+    d: &Relation,
+    exclusion: &Ident,
+    existing: Option<bool>,
+    steps: &mut Vec<Step>,
+) {
+    if existing.is_none() {
+        steps.push(m.step(
+            d,
+            Action::AddExclusion,
+            format!(
+                "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK (NOT ({})) NOT VALID",
+                m.range()
+            ),
+            format!("ACCESS EXCLUSIVE on {} (brief: no scan)", d.plain()),
+        ));
+    }
+    if existing != Some(true) {
+        steps.push(m.step(
+            d,
+            Action::ValidateExclusion,
+            format!("ALTER TABLE {d} VALIDATE CONSTRAINT {exclusion}"),
+            format!(
+                "SHARE UPDATE EXCLUSIVE on {} (scans it; reads and writes go on)",
+                d.plain()
+            ),
+        ));
+    }
+    steps.push(attach_partition(m, Some(d)));
+    steps.push(drop_exclusion(m, d, exclusion));
+}
+
+/// What the move's `DELETE` from DEFAULT would fire that its `INSERT` into the standalone table
+/// would not: a user trigger on DEFAULT (counters, audit), or a foreign key of another table
+/// that references the partitioned table (its ON DELETE action would delete or change that
+/// table's rows). Listed, so that the move is refused instead of losing them.
+const MOVE_HAZARDS: &str = "SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass) FROM pg_trigger t
+     WHERE t.tgrelid = $1::text::regclass AND NOT t.tgisinternal
+     UNION ALL
+     SELECT format('foreign key %s of %s', k.conname, k.conrelid::regclass) FROM pg_constraint k
+     WHERE k.contype = 'f' AND k.confrelid IN (SELECT relid FROM pg_partition_tree($2::text::regclass))
+     ORDER BY 1";
+
+fn refuse_unsafe_move(
+    c: &mut impl GenericClient,
+    m: &MonthSpec<'_>,
+    default: &Relation,
+) -> Result<()> {
+    let hazards: Vec<String> = c
+        .query(
+            MOVE_HAZARDS,
+            &[&default.to_string(), &m.window.table.to_string()],
+        )
+        .map_err(|e| Error::db("reading what a move out of DEFAULT would fire", e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if hazards.is_empty() {
+        return Ok(());
+    }
+    Err(layout_error(
+        &m.window.table,
+        format!(
+            "{} rows of {} are in {}, but moving them would fire {}: move them by hand (or drop what would fire), then run partitions again",
+            m.window.default_rows_of(m.month),
+            m.month,
+            default.plain(),
+            hazards.join(", ")
+        ),
+    ))
 }
 
 /// Whether DEFAULT carries the month's exclusion CHECK, and whether it is validated.
@@ -682,15 +759,6 @@ impl catalog::MirrorIndex {
             ),
         }
     }
-}
-
-/// Months by table, for reports.
-pub fn by_table(plans: &[MonthPlan]) -> BTreeMap<String, Vec<&MonthPlan>> {
-    let mut out: BTreeMap<String, Vec<&MonthPlan>> = BTreeMap::new();
-    for p in plans {
-        out.entry(p.table.plain()).or_default().push(p);
-    }
-    out
 }
 
 #[cfg(test)]
