@@ -227,6 +227,26 @@ fn windows_after(settings: &Settings, main: &mut Conn) -> Result<Vec<Window>> {
     Ok(windows)
 }
 
+/// `--as-of` stands for today: one in the past makes months that have begun since look as if
+/// they had not, and such a month gets an exclusion CHECK that refuses the application's
+/// inserts of it until its ATTACH. Meant for `--dry-run`; a real run says so.
+fn warn_past_as_of(settings: &Settings, main: &mut Conn) {
+    let Some(as_of) = settings.as_of.as_deref() else {
+        return;
+    };
+    let today: Option<String> = main
+        .client()
+        .query_one(
+            "SELECT (now() AT TIME ZONE 'UTC')::date::text WHERE $1::text::date < (now() AT TIME ZONE 'UTC')::date",
+            &[&as_of],
+        )
+        .ok()
+        .map(|r| r.get(0));
+    if let Some(today) = today {
+        log::warn!("--as-of {as_of} is before today ({today}, UTC): months that began since are treated as not begun (an exclusion CHECK on DEFAULT would refuse the application's inserts of them until their ATTACH); use --as-of with --dry-run");
+    }
+}
+
 /// `meta-chat-migrate partitions`: connect, take the migration lock, maintain, release.
 pub fn run(settings: &Settings) -> Result<PartitionsReport> {
     let target = settings.target()?;
@@ -237,6 +257,7 @@ pub fn run(settings: &Settings) -> Result<PartitionsReport> {
         settings.premake
     );
     let outcome = crate::migrate::lock_database(settings, &target).and_then(|(mut main, lock)| {
+        warn_past_as_of(settings, &mut main);
         let outcome = maintain(settings, &mut main, lock.watch()).map_err(|e| lock.explain(e));
         lock.release();
         outcome

@@ -697,3 +697,60 @@ fn a_move_that_would_fire_triggers_or_cascades_and_an_odd_default_are_refused() 
     );
     assert_same(&snapshot(&mut c), &before, "refused layout");
 }
+
+/// `migrate` applies its versions and exits 0 when the months ahead cannot be made (here: more
+/// rows to move than --max-moved-rows), saying so; `check` exits 5 until `partitions` runs.
+#[test]
+fn migrate_warns_and_succeeds_when_the_months_ahead_cannot_be_made() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    let before = (rows(&mut c), snapshot(&mut c));
+    let out = db.run(&["migrate", "--max-moved-rows", "1000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the monthly partitions ahead were not created")
+            && stderr(&out).contains("above --max-moved-rows 1000"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("monthly partitions ahead NOT created"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!((rows(&mut c), snapshot(&mut c)), before, "nothing changed");
+    let out = db.run(&["migrate", "--json", "--max-moved-rows", "1000"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["partitions_error"].as_str().is_some(), "{report}");
+    assert_eq!(db.run(&["check"]).status.code(), Some(5));
+    // The negative: with the limit the rows fit in, the same run creates the months.
+    let out = db.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("NOT created"), "{}", stdout(&out));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_01"), 892);
+}
+
+/// A real run with an `--as-of` in the past warns; one with today's date does not.
+#[test]
+fn a_real_run_with_a_past_as_of_warns() {
+    let db = latest_without_window();
+    let out = db.run(&["partitions", "--as-of", "2026-01-01"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--as-of 2026-01-01 is before today"),
+        "{}",
+        stderr(&out)
+    );
+    let today: String = db
+        .client()
+        .query_one("SELECT (now() AT TIME ZONE 'UTC')::date::text", &[])
+        .unwrap()
+        .get(0);
+    let out = db.run(&["partitions", "--as-of", &today]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("is before today"),
+        "{}",
+        stderr(&out)
+    );
+}

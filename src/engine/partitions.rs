@@ -121,10 +121,11 @@ const MONTHS: &str = "SELECT to_char(m, 'YYYY-MM') FROM generate_series( \
        interval '1 month') m";
 
 /// The current month (UTC, or `--as-of`), and the last month that has begun anywhere: a day
-/// ahead of UTC covers every time zone bounds may be fixed in, and `--as-of` in the past must
-/// not make the month the application writes now look unbegun.
+/// ahead covers every time zone bounds may be fixed in. `--as-of` stands for today in both, so
+/// that a rehearsal (and a test) is the same whatever the date; a real run with an `--as-of` in
+/// the past is warned about by [`crate::partitions::run`].
 const CURRENT: &str = "SELECT to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC')), 'YYYY-MM'), \
-     to_char(date_trunc('month', greatest(coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC'), now() AT TIME ZONE 'UTC' + interval '1 day')), 'YYYY-MM')";
+     to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC') + interval '1 day'), 'YYYY-MM')";
 
 /// The literals of `FOR VALUES FROM ('a') TO ('b')`; `None` for DEFAULT, MINVALUE or MAXVALUE.
 fn bound_literals(bound: &str) -> Option<(String, String)> {
