@@ -331,6 +331,19 @@ pub fn print_error_json(err: &Error) {
     }));
 }
 
+/// A usage error of the command line as the JSON error document (kind `usage`, exit 2).
+pub fn print_usage_json(message: &str) {
+    print_json(&serde_json::json!({
+        "error": {
+            "kind": "usage",
+            "message": message,
+            "exit_code": exit::USAGE,
+            "sqlstate": null,
+            "findings": null,
+        }
+    }));
+}
+
 impl Cli {
     /// Whether the command was given `--json`: its errors are then JSON on stdout too.
     pub fn json(&self) -> bool {

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .format_timestamp_millis()
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json();
     let interrupt = Interrupt::new();
     on_signals(interrupt.clone());
@@ -49,6 +52,29 @@ fn main() -> ExitCode {
             ExitCode::from(err.exit_code() as u8)
         }
     }
+}
+
+/// A command line clap refuses: its text on stderr (or stdout for --help and --version), exit
+/// 2; with `--json` among the arguments, also one JSON error document on stdout.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && std::env::args().any(|a| a == "--json") {
+        let first = e.to_string();
+        let message = first
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        cli::print_usage_json(message);
+    }
+    let _ = e.print();
+    ExitCode::from(e.exit_code() as u8)
 }
 
 /// How long after SIGTERM or SIGINT the process exits at the latest, even if a cancel request

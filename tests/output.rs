@@ -51,6 +51,15 @@ fn with_json_an_error_is_one_json_document_on_stdout() {
     assert_eq!(json(&out)["error"]["kind"], "invalid-url");
     assert_eq!(json(&out)["error"]["exit_code"], 2);
 
+    // A command line the parser refuses: kind usage, exit 2, clap's text still on stderr.
+    let out = runner_bin()
+        .args(["migrate", "--json", "--jobs", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json(&out)["error"]["kind"], "usage");
+    assert!(stderr(&out).contains("--jobs"), "{}", stderr(&out));
+
     // A failing verify prints its report, and only its report: still one document.
     let out = db.run(&["verify", "--json"]);
     assert_eq!(out.status.code(), Some(4));
