@@ -591,7 +591,7 @@ fn exclude_steps(
 /// that references the partitioned table (its ON DELETE action would delete or change that
 /// table's rows). Listed, so that the move is refused instead of losing them.
 const MOVE_HAZARDS: &str = "SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass) FROM pg_trigger t
-     WHERE t.tgrelid = $1::text::regclass AND NOT t.tgisinternal
+     WHERE t.tgrelid = $1::text::regclass AND t.tgconstraint = 0 AND (NOT t.tgisinternal OR t.tgparentid <> 0)
      UNION ALL
      SELECT format('foreign key %s of %s', k.conname, k.conrelid::regclass) FROM pg_constraint k
      WHERE k.contype = 'f' AND k.confrelid IN (SELECT relid FROM pg_partition_tree($2::text::regclass))
