@@ -134,7 +134,13 @@ fn sigkill_at_any_point_and_the_next_run_converges() {
             before,
             "kill at {at:?} after: {last}"
         );
-        assert_eq!(db.run(&["verify"]).status.code(), Some(0), "kill at {at:?}");
+        let verify = db.run(&["verify"]);
+        assert_eq!(
+            verify.status.code(),
+            Some(0),
+            "kill at {at:?}: {}",
+            stdout(&verify)
+        );
     }
     // Where the kills landed, for the record (shown with --nocapture).
     eprintln!("killed after:\n{}", landed.join("\n"));

@@ -329,6 +329,8 @@ fn the_versioned_sql_alone_finishes_a_parent_left_not_valid() {
         .unwrap();
     c.batch_execute(&migration_sql(embedded::RESTORE_API_LOGS_TENANT_FK))
         .unwrap();
+    let out = db.run(&["partitions"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(tenant_catalog(&mut c), plain_catalog());
 }
 
