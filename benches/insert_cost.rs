@@ -16,23 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use meta_chat_migrations::{embedded, Settings};
+mod common;
+
+use common::{admin, db_url};
 use postgres::{Client, NoTls};
-
-fn server_url() -> String {
-    std::env::var("BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn db_url(name: &str) -> String {
-    let base = server_url();
-    let cut = base.rfind('/').expect("a URL with a database");
-    format!("{}/{name}", &base[..cut])
-}
-
-fn admin() -> Client {
-    Client::connect(&server_url(), NoTls).expect("connect to the benchmark server")
-}
 
 struct Args {
     clients: usize,

@@ -32,6 +32,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use meta_chat_migrations::Settings;
+mod common;
+
+use common::{admin, db_url, median};
 use postgres::{Client, NoTls};
 
 const TENANTS: i64 = 1000;
@@ -87,22 +90,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-fn server_url() -> String {
-    std::env::var("BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn db_url(name: &str) -> String {
-    let base = server_url();
-    let cut = base.rfind('/').expect("a URL with a database");
-    format!("{}/{name}", &base[..cut])
-}
-
-fn admin() -> Client {
-    Client::connect(&server_url(), NoTls).expect("connect to the benchmark server")
 }
 
 fn exists(name: &str) -> bool {
@@ -484,11 +471,6 @@ fn cause_of(
         .map(|(w, n)| format!("`{w}` ({n} samples)"))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 type Work = Box<dyn Fn(&str) -> Result<(), String>>;

@@ -24,6 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use meta_chat_migrations::{embedded, Settings};
+mod common;
+
+use common::{admin, db_url, median};
 use postgres::{Client, NoTls};
 
 const TENANTS: i64 = 1000;
@@ -92,22 +95,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-fn server_url() -> String {
-    std::env::var("BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn db_url(name: &str) -> String {
-    let base = server_url();
-    let cut = base.rfind('/').expect("a URL with a database");
-    format!("{}/{name}", &base[..cut])
-}
-
-fn admin() -> Client {
-    Client::connect(&server_url(), NoTls).expect("connect to the benchmark server")
 }
 
 fn template(n: i64) -> String {
@@ -286,11 +273,6 @@ struct Figures {
 
 /// A labelled way of doing the work, given the URL of a fresh copy.
 type Approach = (String, Box<dyn Fn(&str)>);
-
-fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// Prints the medians of `runs` of one approach, and what blocked each run's longest insert.
 fn summarize(n: i64, label: &str, runs: &[Figures]) -> Figures {
