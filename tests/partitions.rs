@@ -369,7 +369,7 @@ fn a_dry_run_shows_months_rows_and_locks_and_changes_nothing() {
     for part in [
         "create public.messages_2027_01 for 2027-01",
         "taking 892 rows from DEFAULT:",
-        "move-and-attach: SHARE on public.messages and SHARE ROW EXCLUSIVE on the tables its keys reference for the move (892 rows deleted from public.messages_default and inserted into the new table: reads go on, writes into public.messages and those tables wait, none fails), then ACCESS EXCLUSIVE on public.messages_default while the attach scans it",
+        "move-and-attach: SHARE on public.messages and SHARE ROW EXCLUSIVE on the tables its keys reference for the move (892 rows deleted from public.messages_default and inserted into the new table: reads go on, writes into public.messages and those tables wait, none fails), then ACCESS EXCLUSIVE on public.messages while the attach scans public.messages_default and checks the moved rows against the keys (every read of public.messages waits)",
         "create public.messages_2027_03 for 2027-03",
         "add-exclusion: ACCESS EXCLUSIVE on public.messages_default (brief: no scan) [bounded by --lock-timeout",
         "validate-exclusion: SHARE UPDATE EXCLUSIVE on public.messages_default (scans it; reads and writes go on) [waits as long as needed",
@@ -596,7 +596,8 @@ fn verify_keeps_passing_when_the_current_month_is_a_new_partition() {
 }
 
 /// Inserts of the month being moved, made while the move runs, wait and then land in the new
-/// partition: none fails. (An insert routed to DEFAULT just before the ATTACH would fail with
+/// partition: none fails. A reader of the parent counts the month's moved rows throughout and
+/// always sees each exactly once (never 0 of them in transit, never twice). (An insert routed to DEFAULT just before the ATTACH would fail with
 /// 23514 "violates partition constraint"; the move's SHARE lock on the parent makes writers wait
 /// before they route.)
 #[test]
@@ -625,10 +626,35 @@ fn inserts_of_the_month_being_moved_wait_and_none_fails() {
             })
         })
         .collect();
+    let reader = {
+        let (mut c, stop) = (db.client(), stop.clone());
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM messages WHERE content = 'in default'
+                            AND \"createdAt\" >= '2027-01-01 00:00+00' AND \"createdAt\" < '2027-02-01 00:00+00'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                seen.push(n);
+            }
+            seen
+        })
+    };
     thread::sleep(std::time::Duration::from_millis(300));
     let out = partitions(&db, &[]);
     thread::sleep(std::time::Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(seen.len() > 2, "{seen:?}");
+    assert!(seen.iter().all(|&n| n == 892), "a reader saw {:?}", {
+        let mut odd: Vec<i64> = seen.iter().copied().filter(|&n| n != 892).collect();
+        odd.dedup();
+        odd
+    });
     let (mut inserted, mut failed) = (0, Vec::new());
     for w in writers {
         let (ok, f) = w.join().unwrap();

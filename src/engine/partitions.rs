@@ -681,7 +681,11 @@ fn lock_referenced(referenced: &[Relation]) -> String {
 
 /// Moves the month's rows out of DEFAULT and attaches, in one transaction. Writers of the
 /// parent wait on its SHARE lock before they route a row (an insert routed to DEFAULT before
-/// the attach would fail with 23514 after it), so none fails; readers go on until the attach.
+/// the attach would fail with 23514 after it), so none fails; readers go on until the attach,
+/// for which the parent is locked ACCESS EXCLUSIVE: a query reads the parent's partition list
+/// before it locks the partitions, so one that queued behind the attach on DEFAULT alone would
+/// run, after the commit, with the old list and a new snapshot, and see none of the moved rows
+/// (a test's reader did).
 fn move_and_attach(m: &MonthSpec<'_>, default: &Relation) -> Step {
     let (table, part) = (&m.window.table, m.partition);
     let cols = m
@@ -696,13 +700,14 @@ fn move_and_attach(m: &MonthSpec<'_>, default: &Relation) -> Step {
         format!(
             "LOCK TABLE {table} IN SHARE MODE; LOCK TABLE {default} IN SHARE MODE; {}\
              WITH moved AS (DELETE FROM ONLY {default} WHERE {} RETURNING {cols}) \
-             INSERT INTO {part} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved; {}",
+             INSERT INTO {part} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved; \
+             LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; {}",
             lock_referenced(m.referenced),
             m.range(),
             m.attach_sql()
         ),
         format!(
-            "SHARE on {t} and SHARE ROW EXCLUSIVE on the tables its keys reference for the move ({} rows deleted from {d} and inserted into the new table: reads go on, writes into {t} and those tables wait, none fails), then ACCESS EXCLUSIVE on {d} while the attach scans it and checks the moved rows against the keys (every read of {t} that cannot prune it waits)",
+            "SHARE on {t} and SHARE ROW EXCLUSIVE on the tables its keys reference for the move ({} rows deleted from {d} and inserted into the new table: reads go on, writes into {t} and those tables wait, none fails), then ACCESS EXCLUSIVE on {t} while the attach scans {d} and checks the moved rows against the keys (every read of {t} waits)",
             m.window.default_rows_of(m.month),
             t = table.plain(),
             d = default.plain(),
