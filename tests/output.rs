@@ -103,6 +103,15 @@ fn rust_log_adds_to_the_default_filter() {
         "{refinery:#?}"
     );
     assert!(refinery.len() > info.len());
+    // RUST_LOG=debug adds the runner's step lines, still without refinery's.
+    let debug = log_lines(&TestDb::new(), Some("debug"));
+    assert!(
+        debug
+            .iter()
+            .any(|l| l.starts_with("step ") && l.contains(": done in ")),
+        "{debug:#?}"
+    );
+    assert!(!debug.iter().any(|l| l.contains("going to apply batch")));
 }
 
 #[test]

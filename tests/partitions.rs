@@ -33,6 +33,14 @@ fn add_months(m: &str, n: i32) -> String {
     format!("{:04}-{:02}", i / 12, i % 12 + 1)
 }
 
+/// The names of `table`'s partitions, ordered by bound.
+fn partition_names(c: &mut Client, table: &str) -> Vec<String> {
+    partitions_of(c, table)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// Each partition of `table`: (name, bound), ordered by bound.
 fn partitions_of(c: &mut Client, table: &str) -> Vec<(String, String)> {
     c.query(
@@ -122,10 +130,7 @@ fn a_fresh_database_gets_the_window_and_its_new_months_enforce_the_keys() {
     let mut c = db.client();
     let current = current_month(&mut c);
     for table in ["messages", "api_logs"] {
-        let names: Vec<String> = partitions_of(&mut c, table)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let names: Vec<String> = partition_names(&mut c, table);
         for k in 0..=6 {
             let month = add_months(&current, k).replace('-', "_");
             assert!(
@@ -216,10 +221,7 @@ fn a_second_run_changes_nothing_and_premake_12_extends_it() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let mut c = db.client();
     let after = snapshot(&mut c);
-    let names: Vec<String> = partitions_of(&mut c, "messages")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names: Vec<String> = partition_names(&mut c, "messages");
     assert!(
         names.contains(&"messages_2027_05".to_string())
             && !names.contains(&"messages_2027_06".to_string()),
@@ -234,10 +236,7 @@ fn a_second_run_changes_nothing_and_premake_12_extends_it() {
     );
     let out = partitions(&db, &["--premake", "12"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let names: Vec<String> = partitions_of(&mut c, "api_logs")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names: Vec<String> = partition_names(&mut c, "api_logs");
     assert!(
         names.contains(&"api_logs_2027_11".to_string())
             && !names.contains(&"api_logs_2027_12".to_string()),
