@@ -582,15 +582,18 @@ fn runner(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// (b) of the move: the runner's statements, with DEFAULT locked ACCESS EXCLUSIVE for the whole
-/// move instead of SHARE.
+/// (b) of the move: the runner's statements with ACCESS EXCLUSIVE taken first (its form after a
+/// deadlock), for the whole move.
 fn exclusive_move(url: &str) -> Result<(), String> {
     let plan = meta_chat_migrations::partitions::plan(&settings(url)).map_err(|e| e.to_string())?;
     let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
     for s in plan.months.iter().flat_map(|m| &m.steps) {
-        let sql = s.sql.replace("IN SHARE MODE", "IN ACCESS EXCLUSIVE MODE");
-        c.batch_execute(&format!("BEGIN; {sql}; COMMIT"))
-            .map_err(|e| format!("{}: {}", s.id.as_str(), db_error(&e)))?;
+        let mut tx = c.transaction().map_err(|e| db_error(&e))?;
+        for sql in s.on_deadlock.as_ref().unwrap_or(&s.statements) {
+            tx.batch_execute(sql)
+                .map_err(|e| format!("{}: {}", s.id.as_str(), db_error(&e)))?;
+        }
+        tx.commit().map_err(|e| db_error(&e))?;
     }
     Ok(())
 }

@@ -53,12 +53,16 @@ pub struct CheckReport {
     pub layout: Vec<PartitionLayout>,
     /// The months each monthly table covers, how far ahead, and what DEFAULT holds.
     pub windows: Vec<Window>,
+    /// Helper CHECKs of the runner left behind: an exclusion CHECK on a DEFAULT partition refuses the application's inserts of its month. `partitions` drops
+    /// them.
+    pub helper_checks: Vec<partitions::HelperCheck>,
     /// The months a window must reach ahead (`--premake`).
     pub premake: u32,
 }
 
 impl CheckReport {
-    /// Windows that reach fewer than `premake` months ahead, or whose DEFAULT holds rows.
+    /// Windows that reach fewer than `premake` months ahead or lack a month on the way, whose
+    /// DEFAULT holds rows, or with a helper CHECK left behind.
     pub fn window_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for w in &self.windows {
@@ -71,6 +75,16 @@ impl CheckReport {
                     self.premake
                 ));
             }
+            let gaps = w.missing_ahead(self.premake);
+            if !gaps.is_empty() {
+                out.push(format!(
+                    "{} has no partition for {} (within --premake {} of {}): run `meta-chat-migrate partitions`",
+                    w.table.plain(),
+                    gaps.join(", "),
+                    self.premake,
+                    w.current
+                ));
+            }
             if w.rows_in_default() > 0 {
                 out.push(format!(
                     "{} holds {} rows in its DEFAULT partition",
@@ -79,6 +93,9 @@ impl CheckReport {
                 ));
             }
         }
+        out.extend(self.helper_checks.iter().map(|h| {
+            format!("helper CHECK {h} was left by an interrupted run: run `meta-chat-migrate partitions`")
+        }));
         out
     }
 
@@ -149,6 +166,12 @@ impl CheckReport {
         for w in &self.windows {
             out.extend(crate::partitions::window_lines(w, self.premake));
         }
+        out.extend(
+            self.window_problems()
+                .into_iter()
+                .filter(|p| !p.contains("rows in its DEFAULT") && !p.contains("month(s) ahead of"))
+                .map(|p| format!("{:<12} {p}", "window")),
+        );
         out
     }
 }
@@ -233,6 +256,7 @@ pub fn check(
         operations: Vec::new(),
         layout: Vec::new(),
         windows: Vec::new(),
+        helper_checks: Vec::new(),
         premake,
     };
     for rule in [&plan::ORPHANED_MESSAGES, &plan::ORPHANED_API_LOGS] {
@@ -261,9 +285,11 @@ pub fn check(
         let l = layout(c, &table)?;
         // A table not partitioned yet (a database before 20240520120000) has no window.
         if l.partitioned {
+            let w = partitions::window(c, &table, premake, as_of)?;
             report
-                .windows
-                .push(partitions::window(c, &table, premake, as_of)?);
+                .helper_checks
+                .extend(partitions::helper_checks(c, &w)?);
+            report.windows.push(w);
         }
         report.layout.push(l);
     }

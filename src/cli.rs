@@ -271,9 +271,15 @@ fn partitions(mut settings: Settings, args: PartitionsArgs) -> Result<i32, Error
         for w in &report.windows {
             lines.extend(crate::partitions::window_lines(w, report.premake));
         }
+        lines.extend(
+            report
+                .not_created
+                .iter()
+                .map(|n| format!("NOT created: {n}")),
+        );
         lines
     });
-    Ok(exit::SUCCESS)
+    report.into_result().map(|_| exit::SUCCESS)
 }
 
 fn status(settings: &Settings, json: bool) -> Result<i32, Error> {

@@ -3,6 +3,9 @@
 //! what is already done (a resumed run) and what remains, step by step with the lock each takes
 //! and whether `--lock-timeout` bounds it; and the rows each pre-flight rule would refuse.
 //!
+//! Then the partition work `migrate` does at the end ([`crate::partitions::plan_on`]): each month
+//! it would create, the rows it would move and the locks, or why it would not.
+//!
 //! It connects, reads and disconnects: no lock (so it never waits behind a running migration),
 //! no session state left, and no history table created on an empty database.
 
@@ -10,11 +13,13 @@ use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
 use crate::db;
+use crate::embedded;
 use crate::engine::{self, Action, Item, OpPlan, Step};
 use crate::error::Result;
 use crate::findings::RuleCount;
 use crate::history::{self, Entry};
 use crate::migrate::{self, Batch};
+use crate::partitions::PartitionsPlan;
 use crate::preflight;
 
 /// One batch of consecutive versions with online work, planned.
@@ -40,6 +45,10 @@ pub struct MigratePlan {
     pub lock_timeout_ms: u128,
     pub lock_retries: u32,
     pub jobs: usize,
+    /// The monthly partitions `migrate` would create at its end.
+    pub partitions: Option<PartitionsPlan>,
+    /// Why they are not planned, when they are not.
+    pub partitions_not_planned: Option<String>,
 }
 
 pub fn plan(settings: &Settings) -> Result<MigratePlan> {
@@ -54,6 +63,14 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
     for batch in migrate::batches(&pending).iter().filter(|b| b.online()) {
         online.push(plan_batch(c, settings, batch)?);
     }
+    let ends_latest = settings.target.is_none_or(|t| t == embedded::latest());
+    let (partitions, partitions_not_planned) = if settings.skip_partitions || !ends_latest {
+        (None, Some("migrate would not keep them (--skip-partitions, or a --target before the latest version)".to_string()))
+    } else if !monthly_tables_partitioned(c, &settings.schema)? {
+        (None, Some("the monthly tables are not partitioned yet: they are planned once the versions before it have run".to_string()))
+    } else {
+        (Some(crate::partitions::plan_on(c, settings)?), None)
+    };
     Ok(MigratePlan {
         database,
         schema: settings.schema.clone(),
@@ -64,7 +81,19 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
         lock_timeout_ms: settings.lock_timeout.as_millis(),
         lock_retries: settings.lock_retries,
         jobs: settings.jobs,
+        partitions,
+        partitions_not_planned,
     })
+}
+
+fn monthly_tables_partitioned(c: &mut postgres::Client, schema: &str) -> Result<bool> {
+    for t in crate::plan::MONTHLY {
+        let rel = crate::sql::Relation::new(schema, t);
+        if crate::catalog::relation(c, &rel)?.is_none_or(|r| r.kind != 'p') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn plan_batch(c: &mut postgres::Client, settings: &Settings, batch: &Batch) -> Result<BatchPlan> {
@@ -119,6 +148,14 @@ impl MigratePlan {
         }
         for batch in &self.online {
             self.batch_lines(batch, &mut out);
+        }
+        match (&self.partitions, &self.partitions_not_planned) {
+            (Some(p), _) => {
+                out.push("then the monthly partitions:".into());
+                out.extend(p.lines().into_iter().skip(1).map(|l| format!("  {l}")));
+            }
+            (None, Some(why)) => out.push(format!("monthly partitions not planned: {why}")),
+            (None, None) => {}
         }
         out
     }

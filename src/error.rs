@@ -58,11 +58,13 @@ pub enum Error {
         cause: String,
     },
 
-    #[error("{step}: gave up after {attempts} attempts, each waiting {lock_timeout:?} for a lock; blocking pids: {}; end those sessions or retry when they finish (raise --lock-timeout or --lock-retries to wait longer)", fmt_pids(.blockers))]
+    #[error("{step}: gave up after {attempts} attempts, each waiting {lock_timeout:?} for a lock{}; blocking pids: {}; end those sessions or retry when they finish (raise --lock-timeout or --lock-retries to wait longer)", fmt_deadlocks(*.deadlocks), fmt_pids(.blockers))]
     LockTimeout {
         step: String,
         attempts: u32,
         lock_timeout: Duration,
+        /// Attempts that ended in a deadlock (lost, or stopped before closing one).
+        deadlocks: u32,
         blockers: Vec<i32>,
     },
 
@@ -167,6 +169,12 @@ pub enum Error {
         seconds: f64,
     },
 
+    /// Months of the partition window that a run did not create (the others were created).
+    #[error("monthly partitions not created: {}; the other months were created; fix what is named, then run partitions again", .not_created.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "))]
+    PartitionsIncomplete {
+        not_created: Vec<crate::engine::partitions::NotCreated>,
+    },
+
     /// The blocking task of [`crate::migrate_async`] did not return (its runtime shut down, or
     /// it panicked).
     #[error("the migration task did not finish: {cause}; run migrate again")]
@@ -198,6 +206,13 @@ fn interrupted_message(reason: &Reason) -> String {
     match reason {
         Reason::LockLost(why) => format!("lost the migration lock ({why}): every statement of this run was cancelled so that no other runner races it; run migrate again to finish"),
         other => format!("interrupted by {other}: every statement of this run was cancelled on the server and the migration lock released; run migrate again to finish"),
+    }
+}
+
+fn fmt_deadlocks(n: u32) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} of them ended in a deadlock with application transactions)"),
     }
 }
 
@@ -281,14 +296,19 @@ impl Error {
             Error::LockWait { .. } => "lock-wait",
             Error::Schema { .. } => "schema",
             Error::TooManyRowsToMove { .. } => "too-many-rows-to-move",
+            Error::PartitionsIncomplete { .. } => "partitions-incomplete",
             Error::Task { .. } => "task",
         }
     }
 
-    /// False for the one error that follows a report already printed (`verify`'s failed
-    /// assertions), so that `--json` prints one document, never two.
+    /// False for the errors that follow a report already printed (`verify`'s failed
+    /// assertions, the months `partitions` did not create), so that `--json` prints one
+    /// document, never two.
     pub fn report_not_printed(&self) -> bool {
-        !matches!(self, Error::VerifyFailed { .. })
+        !matches!(
+            self,
+            Error::VerifyFailed { .. } | Error::PartitionsIncomplete { .. }
+        )
     }
 
     /// The SQLSTATE of the underlying database error, where there is one.

@@ -374,7 +374,13 @@ fn migrate_locked(
     );
     if report.to == Some(embedded::latest()) && !settings.skip_partitions {
         match crate::partitions::maintain(settings, main, lock.watch()) {
-            Ok(p) => report.partitions = Some(p),
+            Ok(p) => {
+                if let Err(e) = p.clone().into_result() {
+                    log::warn!("the migrations are applied, but not every month ahead was created: {e} (check exits 5 until then)");
+                    report.partitions_error = Some(e.to_string());
+                }
+                report.partitions = Some(p);
+            }
             Err(e @ Error::Interrupted { .. }) => return Err(e),
             Err(e) if settings.interrupt.reason().is_some() => return Err(e),
             Err(e) => {
@@ -428,7 +434,7 @@ fn apply_one(
     let step = format!("migration {} ({})", entry.version, entry.name);
     log::info!("applying {step}");
     let pid = main.pid();
-    policy.run(&step, pid, watch, || {
+    policy.run(&step, pid, watch, |_| {
         embedded::runner()
             .set_target(Target::Version(entry.version))
             .set_grouped(true)

@@ -7,14 +7,18 @@
 //! total is bounded by `--max-moved-rows` (the move holds DEFAULT's lock). Rows in DEFAULT
 //! outside the window (before the first partition, or beyond the window) are reported and left
 //! where they are.
+//!
+//! One table's trouble never stops another's window: a table that cannot be planned, a month
+//! that is refused, and a month whose steps fail (the table stops there, and an exclusion CHECK
+//! it got comes off again) are reported in [`PartitionsReport::not_created`], and the other
+//! tables' months are created.
 
 use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
 use crate::db::{BlockerWatch, Conn, LockPolicy};
-use crate::engine::partitions::{self as months, MonthPlan, MonthRows, Window};
+use crate::engine::partitions::{self as months, MonthPlan, MonthRows, NotCreated, Window};
 use crate::engine::step::{Step, StepCtx};
-use crate::engine::Planner;
 use crate::error::{Error, Result};
 use crate::plan::MONTHLY;
 use crate::sql::Relation;
@@ -49,6 +53,21 @@ pub struct PartitionsReport {
     /// Each table's window after the run.
     pub windows: Vec<Window>,
     pub outside: Vec<Outside>,
+    /// Months (or whole tables' windows) not created, and why: one table's trouble never stops
+    /// another's window.
+    pub not_created: Vec<NotCreated>,
+}
+
+impl PartitionsReport {
+    /// `Err` naming each month not created, if any was not (what `partitions` exits 1 for).
+    pub fn into_result(self) -> Result<PartitionsReport> {
+        if self.not_created.is_empty() {
+            return Ok(self);
+        }
+        Err(Error::PartitionsIncomplete {
+            not_created: self.not_created,
+        })
+    }
 }
 
 /// What `partitions --dry-run` prints.
@@ -62,6 +81,8 @@ pub struct PartitionsPlan {
     /// Helper CHECKs an interrupted run left, to drop.
     pub leftovers: Vec<Step>,
     pub outside: Vec<Outside>,
+    /// Months (or tables) that would not be created, and why.
+    pub not_created: Vec<NotCreated>,
     /// Why the run would be refused (rows to move above `--max-moved-rows`).
     pub refused: Option<String>,
     pub lock_timeout_ms: u128,
@@ -75,28 +96,65 @@ fn tables(settings: &Settings) -> Vec<Relation> {
         .collect()
 }
 
-/// Every table's window, the months it lacks and the helper CHECKs an interrupted run left,
-/// planned. Read-only.
-struct Planned {
-    windows: Vec<Window>,
+/// One table's window, the months it lacks (planned or refused) and the helper CHECKs an
+/// interrupted run left. Read-only.
+struct TableWork {
+    window: Window,
     months: Vec<MonthPlan>,
     leftovers: Vec<Step>,
 }
 
-fn plan_all(c: &mut postgres::Client, settings: &Settings) -> Result<Planned> {
-    let mut planner = Planner::new(c, &settings.schema)?;
-    let mut p = Planned {
-        windows: Vec::new(),
-        months: Vec::new(),
-        leftovers: Vec::new(),
-    };
-    for table in tables(settings) {
-        let w = months::window(c, &table, settings.premake, settings.as_of.as_deref())?;
-        p.leftovers.extend(months::leftovers(c, &w)?);
-        p.months.extend(months::plan(c, &mut planner, &w)?);
-        p.windows.push(w);
+/// Every table's work, and what cannot be planned, per table.
+#[derive(Default)]
+struct Planned {
+    tables: Vec<TableWork>,
+    not_created: Vec<NotCreated>,
+}
+
+impl Planned {
+    fn windows(&self) -> Vec<Window> {
+        self.tables.iter().map(|t| t.window.clone()).collect()
     }
-    Ok(p)
+
+    fn months(&self) -> impl Iterator<Item = &MonthPlan> {
+        self.tables.iter().flat_map(|t| &t.months)
+    }
+}
+
+fn plan_table(
+    c: &mut postgres::Client,
+    settings: &Settings,
+    table: &Relation,
+    out: &mut Planned,
+) -> Result<()> {
+    let window = months::window(c, table, settings.premake, settings.as_of.as_deref())?;
+    let plan = months::plan(c, &window)?;
+    let creating: Vec<String> = plan.months.iter().map(|m| m.month.clone()).collect();
+    let leftovers = months::leftovers(c, &window, &creating)?;
+    out.not_created.extend(plan.refused);
+    out.tables.push(TableWork {
+        window,
+        months: plan.months,
+        leftovers,
+    });
+    Ok(())
+}
+
+/// Plans every table; a table that cannot be planned is reported and the others go on.
+fn plan_all(c: &mut postgres::Client, settings: &Settings) -> Result<Planned> {
+    let mut out = Planned::default();
+    for table in tables(settings) {
+        match plan_table(c, settings, &table, &mut out) {
+            Ok(()) => {}
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
+            Err(e) => out.not_created.push(NotCreated {
+                table: table.plain(),
+                month: None,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// Rows in DEFAULT of months the window does not create.
@@ -118,8 +176,8 @@ fn outside(windows: &[Window]) -> Vec<Outside> {
 
 /// `Err` when the rows to move exceed `--max-moved-rows`, naming the months, the counts and
 /// the estimated lock time.
-fn within_limit(plans: &[MonthPlan], settings: &Settings) -> Result<()> {
-    let moving: Vec<&MonthPlan> = plans.iter().filter(|p| p.rows_from_default > 0).collect();
+fn within_limit<'a>(plans: impl Iterator<Item = &'a MonthPlan>, settings: &Settings) -> Result<()> {
+    let moving: Vec<&MonthPlan> = plans.filter(|p| p.rows_from_default > 0).collect();
     let total: i64 = moving.iter().map(|p| p.rows_from_default).sum();
     if total as u64 <= settings.max_moved_rows {
         return Ok(());
@@ -146,18 +204,21 @@ fn within_limit(plans: &[MonthPlan], settings: &Settings) -> Result<()> {
     })
 }
 
-/// Creates the months every table lacks, under the migration lock the caller holds.
+/// Creates the months every table lacks, under the migration lock the caller holds. A table
+/// whose work fails stops at that month (its exclusion CHECK, if it got one, comes off again);
+/// the other tables go on. Errors only when the rows to move are above the limit (before
+/// anything changes) or the run is interrupted.
 pub(crate) fn maintain(
     settings: &Settings,
     main: &mut Conn,
     watch: &BlockerWatch,
 ) -> Result<PartitionsReport> {
     let Planned {
-        windows,
-        months: plans,
-        leftovers,
+        tables: work,
+        mut not_created,
     } = plan_all(main.client(), settings)?;
-    within_limit(&plans, settings)?;
+    within_limit(work.iter().flat_map(|t| &t.months), settings)?;
+    let windows: Vec<Window> = work.iter().map(|t| t.window.clone()).collect();
     let left = outside(&windows);
     for o in &left {
         log::warn!(
@@ -165,19 +226,66 @@ pub(crate) fn maintain(
             o.table, o.rows, o.month
         );
     }
+    for n in &not_created {
+        log::warn!("not created: {n}");
+    }
     let policy = LockPolicy::of(settings);
     let ctx = StepCtx {
         pid: main.pid(),
         watch,
         policy: &policy,
     };
-    for s in &leftovers {
-        ctx.run(main.client(), s)?;
-    }
     let mut created = Vec::new();
-    for p in &plans {
-        for s in &p.steps {
-            ctx.run(main.client(), s)?;
+    for t in &work {
+        if let Err(n) = run_table(&ctx, main, t, &mut created) {
+            if let Some(reason) = settings.interrupt.reason() {
+                return Err(Error::interrupted(reason));
+            }
+            log::warn!("not created: {n}");
+            not_created.push(n);
+        }
+    }
+    let windows = windows_after(settings, main)?;
+    Ok(PartitionsReport {
+        premake: settings.premake,
+        created,
+        windows,
+        outside: left,
+        not_created,
+    })
+}
+
+/// One table's leftovers and months, in order, stopping at the first failure.
+fn run_table(
+    ctx: &StepCtx<'_>,
+    main: &mut Conn,
+    t: &TableWork,
+    created: &mut Vec<Created>,
+) -> std::result::Result<(), NotCreated> {
+    let table = t.window.table.plain();
+    let failed = |e: Error, month: Option<&str>, after: usize| {
+        let rest = if after > 0 {
+            format!("; the {after} month(s) after it were not attempted")
+        } else {
+            String::new()
+        };
+        NotCreated {
+            table: table.clone(),
+            month: month.map(str::to_owned),
+            reason: format!("{e}{rest}"),
+        }
+    };
+    for s in &t.leftovers {
+        ctx.run(main.client(), s).map_err(|e| failed(e, None, 0))?;
+    }
+    for (i, p) in t.months.iter().enumerate() {
+        if let Err(e) = p
+            .steps
+            .iter()
+            .try_for_each(|s| ctx.run(main.client(), s).map(|_| ()))
+        {
+            clean_up(ctx, main, p);
+            return Err(failed(e, Some(&p.month), t.months.len() - i - 1));
         }
         log::info!(
             "{}: created {} for {} ({} rows moved from DEFAULT)",
@@ -193,14 +301,35 @@ pub(crate) fn maintain(
             rows_moved: p.rows_from_default,
         });
     }
-    let windows = windows_after(settings, main)?;
-    Ok(PartitionsReport {
-        premake: settings.premake,
-        created,
-        windows,
-        outside: left,
-    })
+    Ok(())
 }
+
+/// After a month failed: takes its exclusion CHECK off DEFAULT again (if it got one), even when
+/// the run was interrupted, with a short bound of its own. What cannot be undone is left to the
+/// next run, and `check` reports it.
+fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) {
+    if p.cleanup.is_empty() {
+        return;
+    }
+    let policy = LockPolicy {
+        lock_timeout: ctx.policy.lock_timeout.min(CLEANUP_LOCK_TIMEOUT),
+        retries: 2,
+        interrupt: crate::interrupt::Interrupt::new(),
+    };
+    let cleanup = StepCtx {
+        policy: &policy,
+        ..*ctx
+    };
+    for s in &p.cleanup {
+        match cleanup.run(main.client(), s) {
+            Ok(_) => log::info!("{}: removed again after the failure", s.id),
+            Err(e) => log::warn!("{}: could not be undone ({e}); the next run drops it, and check reports it until then", s.id),
+        }
+    }
+}
+
+/// The bound of each clean-up attempt after a failure.
+const CLEANUP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Every table's window after a run, logged.
 fn windows_after(settings: &Settings, main: &mut Conn) -> Result<Vec<Window>> {
@@ -271,22 +400,30 @@ pub fn run(settings: &Settings) -> Result<PartitionsReport> {
 
 /// `partitions --dry-run`: what `partitions` would do. No lock, no change.
 pub fn plan(settings: &Settings) -> Result<PartitionsPlan> {
-    let database = settings.target()?;
     let mut conn = crate::db::connect_with_wait(settings)?;
-    let Planned {
-        windows,
-        months,
-        leftovers,
-    } = plan_all(conn.client(), settings)?;
-    let refused = within_limit(&months, settings).err().map(|e| e.to_string());
+    plan_on(conn.client(), settings)
+}
+
+/// What `partitions` (or the end of `migrate`) would do, on an open connection. Read-only.
+pub(crate) fn plan_on(c: &mut postgres::Client, settings: &Settings) -> Result<PartitionsPlan> {
+    let planned = plan_all(c, settings)?;
+    let refused = within_limit(planned.months(), settings)
+        .err()
+        .map(|e| e.to_string());
+    let windows = planned.windows();
     Ok(PartitionsPlan {
-        database,
+        database: settings.target()?,
         schema: settings.schema.clone(),
         premake: settings.premake,
         outside: outside(&windows),
+        months: planned.months().cloned().collect(),
+        leftovers: planned
+            .tables
+            .iter()
+            .flat_map(|t| t.leftovers.iter().cloned())
+            .collect(),
+        not_created: planned.not_created,
         windows,
-        months,
-        leftovers,
         refused,
         lock_timeout_ms: settings.lock_timeout.as_millis(),
         lock_retries: settings.lock_retries,
@@ -339,12 +476,22 @@ impl PartitionsPlan {
                     bound(s.bounded)
                 ));
             }
+            for s in &m.cleanup {
+                out.push(format!(
+                    "  if a step after add-exclusion fails, {}: {} (nothing is left on DEFAULT)",
+                    s.action.name(),
+                    s.locks
+                ));
+            }
         }
         for o in &self.outside {
             out.push(format!(
                 "left in DEFAULT: {} rows of {} {} (outside the window)",
                 o.rows, o.table, o.month
             ));
+        }
+        for n in &self.not_created {
+            out.push(format!("would not be created: {n}"));
         }
         if let Some(r) = &self.refused {
             out.push(format!("would be refused: {r}"));

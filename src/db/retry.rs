@@ -1,8 +1,10 @@
-//! Retrying a step that hit `lock_timeout` (SQLSTATE 55P03) with exponential backoff and
-//! jitter (each pause drawn from the upper half of its backoff). Why: a DDL statement waiting
-//! in the lock queue blocks every later query on that table, so it must give up quickly and try
-//! again later rather than wait; jitter keeps several runners or workers from retrying in
-//! lockstep. Every pause wakes at once when the run is interrupted.
+//! Retrying a step that hit `lock_timeout` (SQLSTATE 55P03) or lost a deadlock (40P01, or
+//! [`WOULD_DEADLOCK`]: a step that stopped itself before it would close one) with exponential
+//! backoff and jitter (each pause drawn from the upper half of its backoff). Why: a DDL statement
+//! waiting in the lock queue blocks every later query on that table, so it must give up quickly
+//! and try again later rather than wait; a deadlock aborts one of its transactions, and when it
+//! is the runner's, doing the step again is all it takes; jitter keeps several runners or workers
+//! from retrying in lockstep. Every pause wakes at once when the run is interrupted.
 
 use std::time::Duration;
 
@@ -12,6 +14,20 @@ use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+const DEADLOCK_DETECTED: &str = "40P01";
+
+/// The SQLSTATE a step raises (in a `DO` block) to stop before taking a lock that would close a
+/// deadlock with an application transaction waiting for it: retried like a deadlock.
+pub const WOULD_DEADLOCK: &str = "MC001";
+
+/// What an attempt knows of the ones before it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attempt {
+    /// 0 for the first.
+    pub number: u32,
+    /// Whether an earlier attempt lost a deadlock or stopped before one.
+    pub after_deadlock: bool,
+}
 
 /// How DDL steps wait for locks: each attempt waits at most `lock_timeout`, then backs off.
 #[derive(Clone, Debug)]
@@ -31,50 +47,61 @@ impl LockPolicy {
     }
 
     /// Runs `attempt` (which must do its own transaction, if any) and retries it while it fails
-    /// with SQLSTATE 55P03 (`lock_timeout`). `pid` is the backend running it, for naming the
-    /// blockers.
+    /// with SQLSTATE 55P03 (`lock_timeout`), 40P01 (a deadlock it lost) or [`WOULD_DEADLOCK`].
+    /// `pid` is the backend running it, for naming the blockers.
     pub fn run<T>(
         &self,
         step: &str,
         pid: i32,
         watch: &BlockerWatch,
-        mut attempt: impl FnMut() -> Result<T>,
+        mut attempt: impl FnMut(Attempt) -> Result<T>,
     ) -> Result<T> {
         let mut blockers: Vec<i32> = Vec::new();
+        let mut state = Attempt::default();
+        let mut deadlocks = 0;
         for n in 0..=self.retries {
             self.interrupt.check()?;
             watch.watch(pid, step);
-            let outcome = attempt();
+            state.number = n;
+            let outcome = attempt(state);
             let seen = watch.take(pid);
-            match outcome {
+            let err = match outcome {
                 Ok(v) => return Ok(v),
-                Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
-                    for pid in seen {
-                        if !blockers.contains(&pid) {
-                            blockers.push(pid);
-                        }
-                    }
-                    if n == self.retries {
-                        break;
-                    }
-                    let pause = jitter(backoff(n));
-                    log::warn!(
-                        "{step}: no lock within {:?} (blocked by pids {:?}); retry {} of {} in {:.2}s",
-                        self.lock_timeout,
-                        blockers,
-                        n + 1,
-                        self.retries,
-                        pause.as_secs_f64()
-                    );
-                    self.interrupt.sleep(pause)?;
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let deadlock = matches!(err.sqlstate(), Some(DEADLOCK_DETECTED | WOULD_DEADLOCK));
+            if !deadlock && err.sqlstate() != Some(LOCK_NOT_AVAILABLE) {
+                return Err(err);
             }
+            for pid in seen {
+                if !blockers.contains(&pid) {
+                    blockers.push(pid);
+                }
+            }
+            deadlocks += u32::from(deadlock);
+            state.after_deadlock |= deadlock;
+            if n == self.retries {
+                break;
+            }
+            let pause = jitter(backoff(n));
+            let why = if deadlock {
+                format!("{err}")
+            } else {
+                format!("no lock within {:?}", self.lock_timeout)
+            };
+            log::warn!(
+                "{step}: {why} (blocked by pids {blockers:?}); retry {} of {} in {:.2}s",
+                n + 1,
+                self.retries,
+                pause.as_secs_f64()
+            );
+            self.interrupt.sleep(pause)?;
         }
         Err(Error::LockTimeout {
             step: step.to_string(),
             attempts: self.retries + 1,
             lock_timeout: self.lock_timeout,
+            deadlocks,
             blockers,
         })
     }

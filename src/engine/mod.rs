@@ -153,25 +153,6 @@ impl Planner {
         Ok(())
     }
 
-    /// Whether `name` is taken in `schema` (loaded, or chosen by this plan).
-    pub(crate) fn is_taken(&self, schema: &str, name: &str) -> bool {
-        self.taken.contains(&(schema.to_string(), name.to_string()))
-    }
-
-    /// Marks `name` taken in `schema`.
-    pub(crate) fn take(&mut self, schema: &str, name: &str) {
-        self.taken.insert((schema.to_string(), name.to_string()));
-    }
-
-    /// Loads the names of `schema` if not yet loaded.
-    pub(crate) fn load_schema(&mut self, c: &mut impl GenericClient, schema: &str) -> Result<()> {
-        if self.loaded.insert(schema.to_string()) {
-            self.taken
-                .extend(catalog::names_in(c, &[schema.to_string()])?);
-        }
-        Ok(())
-    }
-
     /// A free name for `ix` on `node`, chosen as PostgreSQL chooses it; `reuse` is a name this
     /// plan frees first (an INVALID leftover it drops).
     fn choose_index_name(

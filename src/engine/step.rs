@@ -1,9 +1,12 @@
-//! One step of an operation: a single statement on one relation, with a stable id, the lock it
-//! takes, and which of the two lock rules it runs under. [`StepCtx::run`] is the only way the
-//! engine sends SQL:
+//! One step of an operation: the statements that change one relation, with a stable id, the locks
+//! it takes, and which of the two lock rules it runs under. [`StepCtx::run`] is the only way the
+//! engine sends SQL, one statement per query (a multi-statement string is not what every server
+//! takes: Citus forwards such a string to its workers and refuses it):
 //!
-//! - *bounded*: a statement whose lock, even while queued, would block writes runs in its own
-//!   transaction with `SET LOCAL lock_timeout` and is retried with backoff ([`LockPolicy`]);
+//! - *bounded*: statements whose locks, even while queued, would block writes run in one
+//!   transaction of their own with `SET LOCAL lock_timeout` and are retried with backoff when
+//!   they hit it or lose a deadlock ([`LockPolicy`]); a step may carry other statements for the
+//!   attempts after a deadlock ([`Step::on_deadlock`]);
 //! - *patient*: a statement that takes only SHARE UPDATE EXCLUSIVE (VALIDATE, the CONCURRENTLY
 //!   forms) never blocks reads or writes, so it waits as long as needed, watched by
 //!   [`BlockerWatch`] (giving up would throw away a long scan or build).
@@ -63,10 +66,13 @@ pub enum Action {
     Build,
     /// `ALTER INDEX ... ATTACH PARTITION`.
     Attach,
-    /// A new month's table, standalone, `LIKE` its parent, with a CHECK of its bounds.
+    /// An empty standalone table of a month's name that an interrupted run left: dropped, so that
+    /// the month is created afresh (nothing of it is reused).
+    DropLeftover,
+    /// A new month's table, standalone, `LIKE` its parent with its indexes, with a CHECK of its
+    /// bounds, its parent's owner and tablespace, and the grants and row-level security of the
+    /// months before it.
     CreateTable,
-    /// The parent's indexes and key constraints, built on the new (empty) table.
-    CreateIndexes,
     /// A CHECK on the DEFAULT partition that excludes the new month, `NOT VALID`.
     AddExclusion,
     /// `VALIDATE` of that CHECK: scans DEFAULT, writes go on.
@@ -92,8 +98,8 @@ impl Action {
             Action::DropInvalid => "drop-invalid",
             Action::Build => "build",
             Action::Attach => "attach",
+            Action::DropLeftover => "drop-leftover",
             Action::CreateTable => "create-table",
-            Action::CreateIndexes => "create-indexes",
             Action::AddExclusion => "add-exclusion",
             Action::ValidateExclusion => "validate-exclusion",
             Action::AttachPartition => "attach-partition",
@@ -116,15 +122,84 @@ impl Action {
     }
 }
 
+/// A table lock mode, weakest first (PostgreSQL's order of strength).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum LockMode {
+    AccessShare,
+    RowShare,
+    RowExclusive,
+    ShareUpdateExclusive,
+    Share,
+    ShareRowExclusive,
+    Exclusive,
+    AccessExclusive,
+}
+
+impl LockMode {
+    /// As `LOCK TABLE ... IN <mode> MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMode::AccessShare => "ACCESS SHARE",
+            LockMode::RowShare => "ROW SHARE",
+            LockMode::RowExclusive => "ROW EXCLUSIVE",
+            LockMode::ShareUpdateExclusive => "SHARE UPDATE EXCLUSIVE",
+            LockMode::Share => "SHARE",
+            LockMode::ShareRowExclusive => "SHARE ROW EXCLUSIVE",
+            LockMode::Exclusive => "EXCLUSIVE",
+            LockMode::AccessExclusive => "ACCESS EXCLUSIVE",
+        }
+    }
+
+    /// As `pg_locks.mode` spells it.
+    pub fn pg_locks_name(self) -> &'static str {
+        match self {
+            LockMode::AccessShare => "AccessShareLock",
+            LockMode::RowShare => "RowShareLock",
+            LockMode::RowExclusive => "RowExclusiveLock",
+            LockMode::ShareUpdateExclusive => "ShareUpdateExclusiveLock",
+            LockMode::Share => "ShareLock",
+            LockMode::ShareRowExclusive => "ShareRowExclusiveLock",
+            LockMode::Exclusive => "ExclusiveLock",
+            LockMode::AccessExclusive => "AccessExclusiveLock",
+        }
+    }
+}
+
+/// The strongest lock a step holds on one table by its end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LockClaim {
+    /// `schema.table`.
+    pub relation: String,
+    pub mode: LockMode,
+}
+
+impl LockClaim {
+    pub fn new(relation: &Relation, mode: LockMode) -> LockClaim {
+        LockClaim {
+            relation: relation.plain(),
+            mode,
+        }
+    }
+}
+
 /// One step, planned from the catalog.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub id: StepId,
     pub action: Action,
-    /// The statement (none for [`Action::AwaitBuild`]).
-    pub sql: String,
+    /// Its statements, sent one per query (none for [`Action::AwaitBuild`]); those of a bounded
+    /// step in one transaction.
+    pub statements: Vec<String>,
+    /// The statements of the attempts after one lost a deadlock (40P01) or stopped before
+    /// causing one: the same work with its strongest locks taken first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_deadlock: Option<Vec<String>>,
     /// The locks it takes, for logs and `--dry-run` (measured with `pg_locks`).
     pub locks: String,
+    /// The strongest lock it holds on each table, where the step says (a test compares them
+    /// with `pg_locks`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<LockClaim>,
     /// Whether `--lock-timeout` bounds it.
     pub bounded: bool,
     /// For [`Action::AwaitBuild`]: the table and index whose builds to wait for.
@@ -134,14 +209,59 @@ pub struct Step {
 
 impl Step {
     pub fn new(op: &str, on: &Relation, action: Action, sql: String, locks: String) -> Step {
+        Step::with_statements(op, on, action, vec![sql], locks)
+    }
+
+    pub fn with_statements(
+        op: &str,
+        on: &Relation,
+        action: Action,
+        statements: Vec<String>,
+        locks: String,
+    ) -> Step {
         Step {
             id: StepId::new(op, on, action),
             action,
-            sql,
+            statements: statements.into_iter().filter(|s| !s.is_empty()).collect(),
+            on_deadlock: None,
             locks,
+            claims: Vec::new(),
             bounded: action.bounded(),
             await_build: None,
         }
+    }
+
+    /// The step with its lock claims, described from them (and `note`).
+    pub fn claiming(mut self, claims: Vec<LockClaim>, note: &str) -> Step {
+        self.locks = describe_claims(&claims, note);
+        self.claims = claims;
+        self
+    }
+}
+
+/// `SHARE UPDATE EXCLUSIVE on a; ACCESS EXCLUSIVE on b and c (note)`.
+fn describe_claims(claims: &[LockClaim], note: &str) -> String {
+    let mut by_mode: Vec<(LockMode, Vec<&str>)> = Vec::new();
+    for c in claims {
+        match by_mode.iter_mut().find(|(m, _)| *m == c.mode) {
+            Some((_, rels)) => rels.push(&c.relation),
+            None => by_mode.push((c.mode, vec![&c.relation])),
+        }
+    }
+    let list = |rels: &[&str]| match rels.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    let text = by_mode
+        .iter()
+        .map(|(m, rels)| format!("{} on {}", m.name(), list(rels)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match (text.is_empty(), note.is_empty()) {
+        (true, _) => note.to_string(),
+        (false, true) => text,
+        (false, false) => format!("{text} ({note})"),
     }
 }
 
@@ -165,8 +285,8 @@ impl StepCtx<'_> {
                 let (table, index) = step.await_build.unwrap_or_default();
                 self.await_builds(client, id, table, index)?
             }
-            _ if step.bounded => self.bounded(client, id, &step.sql)?,
-            _ => self.patient(client, id, &step.sql)?,
+            _ if step.bounded => self.bounded(client, step)?,
+            _ => self.patient(client, id, &step.statements)?,
         }
         let took = started.elapsed();
         log::debug!("step {id}: done in {:.3}s", took.as_secs_f64());
@@ -177,22 +297,33 @@ impl StepCtx<'_> {
     /// waiting for the WAL flush (`synchronous_commit = off`), so its locks, which block writes,
     /// are released a flush sooner; a step lost in a server crash is simply planned again by the
     /// next run (and any later synchronous commit flushes it first).
-    fn bounded(&self, client: &mut Client, id: &str, sql: &str) -> Result<()> {
-        let timeout = format!(
-            "SET LOCAL lock_timeout = '{}ms'; SET LOCAL synchronous_commit = off",
-            self.policy.lock_timeout.as_millis()
-        );
-        self.policy.run(id, self.pid, self.watch, || {
+    fn bounded(&self, client: &mut Client, step: &Step) -> Result<()> {
+        let id = step.id.as_str();
+        let settings = [
+            format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                self.policy.lock_timeout.as_millis()
+            ),
+            "SET LOCAL synchronous_commit = off".to_string(),
+        ];
+        self.policy.run(id, self.pid, self.watch, |attempt| {
+            let statements = match (&step.on_deadlock, attempt.after_deadlock) {
+                (Some(other), true) => other,
+                _ => &step.statements,
+            };
             let mut tx = client.transaction().map_err(|e| Error::db(id, e))?;
-            tx.batch_execute(&timeout).map_err(|e| Error::db(id, e))?;
-            tx.batch_execute(sql).map_err(|e| Error::db(id, e))?;
+            for sql in settings.iter().chain(statements) {
+                tx.batch_execute(sql).map_err(|e| Error::db(id, e))?;
+            }
             tx.commit().map_err(|e| Error::db(id, e))
         })
     }
 
-    fn patient(&self, client: &mut Client, id: &str, sql: &str) -> Result<()> {
+    fn patient(&self, client: &mut Client, id: &str, statements: &[String]) -> Result<()> {
         self.watch.watch(self.pid, id);
-        let outcome = client.batch_execute(sql);
+        let outcome = statements
+            .iter()
+            .try_for_each(|sql| client.batch_execute(sql));
         self.watch.take(self.pid);
         outcome.map_err(|e| Error::db(id, e))
     }
