@@ -104,7 +104,7 @@ const ZONES: &str = "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3:
                     (b.lo::timestamptz AT TIME ZONE z.name) = date_trunc('month', b.lo::timestamptz AT TIME ZONE z.name) \
                     AND (b.hi::timestamptz AT TIME ZONE z.name) = date_trunc('month', b.hi::timestamptz AT TIME ZONE z.name) AS ok \
                   FROM z, b) \
-     SELECT zone, count(*) FILTER (WHERE ok), array_agg(part ORDER BY part) FILTER (WHERE NOT ok) \
+     SELECT zone, count(*) FILTER (WHERE ok), array_agg(part ORDER BY part::int) FILTER (WHERE NOT ok) \
        FROM fit GROUP BY zone, pri ORDER BY count(*) FILTER (WHERE ok) DESC, pri, zone LIMIT 1";
 
 /// The months each partition `[lo, hi)` covers, in zone $4, as (name, first, last).
@@ -199,10 +199,14 @@ fn covered_months(
     if ranged.is_empty() {
         return Err(layout_error(table, "it has no monthly partition to continue from: create the first month by hand (CREATE TABLE ... PARTITION OF ... FOR VALUES FROM ... TO ...), then run partitions again".into()));
     }
-    let names: Vec<String> = ranged
-        .iter()
-        .map(|(n, _)| n.rel.name.as_str().to_string())
-        .collect();
+    // Partitions are named to SQL by their position: they may live in other schemas.
+    let names: Vec<String> = (0..ranged.len()).map(|i| i.to_string()).collect();
+    let rel_of = |key: &str| {
+        key.parse::<usize>()
+            .ok()
+            .and_then(|i| ranged.get(i))
+            .map(|(n, _)| n.rel.clone())
+    };
     let lo: Vec<&str> = ranged.iter().map(|(_, b)| b.0.as_str()).collect();
     let hi: Vec<&str> = ranged.iter().map(|(_, b)| b.1.as_str()).collect();
     let mut fit = None;
@@ -223,7 +227,7 @@ fn covered_months(
         let shown: Vec<String> = odd
             .iter()
             .take(5)
-            .map(|n| format!("{}.{n}", table.schema.as_str()))
+            .filter_map(|k| rel_of(k).map(|r| r.plain()))
             .collect();
         return Err(layout_error(table, format!(
             "partition(s) {}{} do not span whole months in {zone}, as its other partitions do, so the next months cannot continue them: give them whole-month bounds (or detach them), then run partitions again",
@@ -236,10 +240,12 @@ fn covered_months(
         .map_err(|e| Error::db("listing the months of the partitions", e))?;
     let months = rows
         .into_iter()
-        .map(|r| Ranged {
-            partition: Relation::new(table.schema.as_str(), r.get::<_, String>(0)),
-            first: r.get(1),
-            last: r.get(2),
+        .filter_map(|r| {
+            Some(Ranged {
+                partition: rel_of(&r.get::<_, String>(0))?,
+                first: r.get(1),
+                last: r.get(2),
+            })
         })
         .collect();
     Ok((zone, months))
