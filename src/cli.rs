@@ -95,6 +95,9 @@ pub struct WindowArgs {
     /// Rows that may be moved out of DEFAULT partitions in one run (the move locks DEFAULT).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MOVED_ROWS)]
     max_moved_rows: u64,
+    /// The day the window starts from, instead of today (UTC), e.g. to rehearse with --dry-run.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_day)]
+    as_of: Option<String>,
 }
 
 #[derive(Args)]
@@ -103,9 +106,6 @@ pub struct PartitionsArgs {
     window: WindowArgs,
     #[command(flatten)]
     lock: LockArgs,
-    /// The day the window starts from, instead of today (UTC), e.g. to rehearse with --dry-run.
-    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_day)]
-    as_of: Option<String>,
     /// Print what would be created (months, rows moved from DEFAULT, locks) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -244,13 +244,13 @@ impl WindowArgs {
     fn apply(&self, settings: &mut Settings) {
         settings.premake = self.premake;
         settings.max_moved_rows = self.max_moved_rows;
+        settings.as_of = self.as_of.clone();
     }
 }
 
 fn partitions(mut settings: Settings, args: PartitionsArgs) -> Result<i32, Error> {
     args.lock.apply(&mut settings);
     args.window.apply(&mut settings);
-    settings.as_of = args.as_of;
     if args.dry_run {
         let plan = crate::partitions::plan(&settings)?;
         print(args.json, &plan, || plan.lines());

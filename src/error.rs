@@ -170,7 +170,7 @@ pub enum Error {
     },
 
     /// Months of the partition window that a run did not create (the others were created).
-    #[error("monthly partitions not created: {}; the other months were created; fix what is named, then run partitions again", .not_created.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "))]
+    #[error("monthly partitions not created: {}; fix what is named, then run partitions again (the months not named here were created)", .not_created.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "))]
     PartitionsIncomplete {
         not_created: Vec<crate::engine::partitions::NotCreated>,
     },
