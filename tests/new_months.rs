@@ -24,15 +24,6 @@ fn connect_as(db: &TestDb, role: &str) -> Client {
     Client::connect(&with_user(&db.url, role), NoTls).unwrap()
 }
 
-fn owner_of(c: &mut Client, relation: &str) -> String {
-    c.query_one(
-        "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = $1::text::regclass",
-        &[&relation],
-    )
-    .unwrap()
-    .get(0)
-}
-
 /// `grantee=privileges` of a relation's ACL (table level), sorted.
 fn grants_of(c: &mut Client, relation: &str) -> Vec<String> {
     c.query(

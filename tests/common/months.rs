@@ -222,3 +222,13 @@ impl Drop for Tablespaces {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The owner of a relation.
+pub fn owner_of(c: &mut Client, relation: &str) -> String {
+    c.query_one(
+        "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = $1::text::regclass",
+        &[&relation],
+    )
+    .unwrap()
+    .get(0)
+}

@@ -25,11 +25,14 @@
 //! 4. a month that has begun, or whose rows already sit in DEFAULT: `move-and-attach`, one
 //!    transaction: SHARE on the parent and DEFAULT and SHARE ROW EXCLUSIVE on the referenced
 //!    tables first (reads go on; writes wait), the month's rows deleted from DEFAULT and
-//!    inserted into the new table, then ACCESS EXCLUSIVE on the parent for the ATTACH. Before
-//!    that lock upgrade the step checks that no transaction holding a lock on the parent or
-//!    DEFAULT waits for it (one that read the table and now writes it): if one does, upgrading
-//!    would deadlock with it, so the step stops (`WOULD_DEADLOCK`) and its retries take
-//!    ACCESS EXCLUSIVE first ([`Step::on_deadlock`]). When a publication covers the table
+//!    inserted into the new table, then ACCESS EXCLUSIVE on the parent for the ATTACH. The
+//!    parent is locked `ONLY`: every query through it locks it first, and the partitions need
+//!    no lock of their own. That lock upgrade would deadlock with a transaction that read the
+//!    table and writes it meanwhile, so it steps aside instead ([`upgrade`]): when such a
+//!    transaction already waits for the move, or the upgrade waits longer than
+//!    [`UPGRADE_WAIT`] (while it waits, such a transaction's write would be the deadlock's
+//!    victim), the step stops (`WOULD_DEADLOCK`) and its retries take ACCESS EXCLUSIVE first
+//!    ([`Step::on_deadlock`]), which deadlocks with no reader. When a publication covers the table
 //!    through its root, the rows go to a temporary table instead and are inserted through the
 //!    parent after the ATTACH, so that subscribers receive the inserts with the deletes; a
 //!    publication through the partitions, or one that publishes only inserts or only deletes,
@@ -279,10 +282,12 @@ impl Month<'_> {
             format!("{name} exists ({}), so month {} cannot be created under its name: rename or drop it", found.what, self.month)
         } else if !found.ours {
             format!("{name} exists and was not left by this runner (it has no {BOUND_CHECK} CHECK), so month {} cannot be created under its name: rename or drop it", self.month)
-        } else if found.has_rows {
-            format!("{name} is a standalone table an interrupted run left, but rows were written into it since: move them into {} (or drop it), then run partitions again", self.t.window.table.plain())
         } else if !found.may_drop {
             format!("{name} is an empty table an interrupted run left, owned by {}, which this run's role may not drop: drop it as {} or a superuser, then run partitions again", found.owner, found.owner)
+        } else if !found.readable {
+            format!("{name} is a table an interrupted run left, owned by {}, which this run's role may not read to check that it is empty: drop it, then run partitions again", found.owner)
+        } else if found.has_rows {
+            format!("{name} is a standalone table an interrupted run left, but rows were written into it since: move them into {} (or drop it), then run partitions again", self.t.window.table.plain())
         } else {
             return Ok(Ok(Some(self.step(
                 part,
@@ -445,6 +450,7 @@ struct Leftover {
     ours: bool,
     has_rows: bool,
     may_drop: bool,
+    readable: bool,
     owner: String,
 }
 
@@ -454,7 +460,8 @@ const LEFTOVER: &str = "SELECT c.relkind::text, \
        c.relispartition, \
        EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conname = $3 AND k.contype = 'c'), \
        pg_get_userbyid(c.relowner)::text, \
-       pg_has_role(current_user, c.relowner, 'USAGE') OR pg_has_role(current_user, n.nspowner, 'USAGE'), c.oid \
+       pg_has_role(current_user, c.relowner, 'USAGE') OR pg_has_role(current_user, n.nspowner, 'USAGE'), \
+       has_table_privilege(c.oid, 'SELECT') \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2";
 
 fn leftover_state(c: &mut impl GenericClient, part: &Relation) -> Result<Option<Leftover>> {
@@ -468,7 +475,10 @@ fn leftover_state(c: &mut impl GenericClient, part: &Relation) -> Result<Option<
         return Ok(None);
     };
     let kind: String = r.get(0);
+    let (may_drop, readable): (bool, bool) = (r.get(5), r.get(6));
     let has_rows = kind == "r"
+        && may_drop
+        && readable
         && c.query_one(&format!("SELECT EXISTS (SELECT 1 FROM ONLY {part})"), &[])
             .map_err(|e| Error::db(format!("inspecting {}", part.plain()), e))?
             .get::<_, bool>(0);
@@ -478,7 +488,8 @@ fn leftover_state(c: &mut impl GenericClient, part: &Relation) -> Result<Option<
         is_partition: r.get(2),
         ours: r.get(3),
         owner: r.get(4),
-        may_drop: r.get(5),
+        may_drop,
+        readable,
         has_rows,
     }))
 }
@@ -577,7 +588,7 @@ impl Month<'_> {
             "SHARE"
         };
         let mut out = vec![
-            format!("LOCK TABLE {table} IN {first} MODE"),
+            format!("LOCK TABLE ONLY {table} IN {first} MODE"),
             format!("LOCK TABLE {d} IN {first} MODE"),
         ];
         if !self.t.referenced.is_empty() {
@@ -605,8 +616,7 @@ impl Month<'_> {
             out.push(format!("{delete} INSERT INTO {part} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved"));
         }
         if !exclusive {
-            out.push(no_waiters(table, d));
-            out.push(format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+            out.push(upgrade(table, d));
         }
         out.push(self.attach_sql());
         if published {
@@ -622,19 +632,35 @@ impl Month<'_> {
 /// parent.
 const MOVED: &str = "mcm_moved";
 
-/// Stops the move ([`WOULD_DEADLOCK`]) when a transaction that holds a lock on the table or its
-/// DEFAULT waits for this one: it has read the table and now writes it, and taking ACCESS
-/// EXCLUSIVE would close a deadlock whose victim would be that transaction.
-fn no_waiters(table: &Relation, d: &Relation) -> String {
+/// How long the move's upgrade to ACCESS EXCLUSIVE may wait. While it waits, a transaction
+/// that read the table and now writes it is the deadlock's victim (PostgreSQL aborts it at once,
+/// 40P01), so the wait is kept short and the move starts over with its locks taken first.
+pub const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The move's upgrade to ACCESS EXCLUSIVE on the table, or [`WOULD_DEADLOCK`]: when a
+/// transaction that holds a lock on the table or its DEFAULT already waits for the move (it read
+/// the table and now writes it: upgrading would deadlock with it), or when the upgrade waits
+/// longer than [`UPGRADE_WAIT`]. Then `lock_timeout` is the step's again.
+fn upgrade(table: &Relation, d: &Relation) -> String {
     format!(
-        "DO $mcm$ BEGIN IF EXISTS (SELECT 1 FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' \
-           AND l.relation IN ({t}::regclass, {dl}::regclass) AND l.pid <> pg_backend_pid() \
-           AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid))) THEN \
-           RAISE EXCEPTION USING ERRCODE = '{WOULD_DEADLOCK}', MESSAGE = 'a transaction that read ' || {tp} || ' waits to write it: upgrading to ACCESS EXCLUSIVE now would deadlock with it, so the move starts over with its locks taken first'; \
-         END IF; END $mcm$",
+        "DO $mcm$ DECLARE restore text := current_setting('lock_timeout'); BEGIN \
+           IF EXISTS (SELECT 1 FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' \
+               AND l.relation IN ({t}::regclass, {dl}::regclass) AND l.pid <> pg_backend_pid() \
+               AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid))) THEN \
+             RAISE EXCEPTION USING ERRCODE = '{WOULD_DEADLOCK}', MESSAGE = 'a transaction that read ' || {tp} || ' waits to write it: upgrading to ACCESS EXCLUSIVE now would deadlock with it, so the move starts over with its locks taken first'; \
+           END IF; \
+           PERFORM set_config('lock_timeout', '{wait}ms', true); \
+           BEGIN \
+             LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE; \
+           EXCEPTION WHEN lock_not_available THEN \
+             RAISE EXCEPTION USING ERRCODE = '{WOULD_DEADLOCK}', MESSAGE = 'the upgrade to ACCESS EXCLUSIVE on ' || {tp} || ' waited over {wait}ms, while which a transaction that read it and writes it would be a deadlock''s victim, so the move starts over with its locks taken first'; \
+           END; \
+           PERFORM set_config('lock_timeout', restore, true); \
+         END $mcm$",
         t = quote_literal(&table.to_string()),
         dl = quote_literal(&d.to_string()),
         tp = quote_literal(&table.plain()),
+        wait = UPGRADE_WAIT.as_millis(),
     )
 }
 
