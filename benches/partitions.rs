@@ -9,10 +9,13 @@
 //!    (c) the runner's `partitions`.
 //! 2. Rows of the next month already in DEFAULT (`--moves`, default 100000 and 1000000), with a
 //!    third kind of writer inserting rows of that month (they land in DEFAULT until the month
-//!    is attached): (a) the runner; (b) the same statements with DEFAULT locked ACCESS
-//!    EXCLUSIVE for the whole move (the design it replaced); (c) pg_partman's
-//!    `partition_data_time` on its tables. `CREATE TABLE ... PARTITION OF` cannot do it at all
-//!    (23514), which the output shows once.
+//!    is attached) and a fourth running application transactions that read a conversation and
+//!    then write a message (the kind a lock upgrade deadlocks with): (a) the runner; (b) its
+//!    previous form, whose upgrade to ACCESS EXCLUSIVE waits up to `--lock-timeout` instead of
+//!    stepping aside; (c) the same statements with ACCESS EXCLUSIVE taken first, for the whole
+//!    move; (d) pg_partman's `partition_data_time` on its tables. `CREATE TABLE ... PARTITION
+//!    OF` cannot do it at all (23514), which the output shows once. "failed app transactions"
+//!    counts the read-then-write transactions that failed (deadlock victims).
 //!
 //! Prints figures; asserts nothing.
 //!
@@ -42,6 +45,8 @@ const TENANTS: i64 = 1000;
 /// Statements of the load that failed (for example an insert routed to DEFAULT just before an
 /// ATTACH, which PostgreSQL refuses with 23514 rather than re-route), and the first error.
 static LOAD_ERRORS: AtomicUsize = AtomicUsize::new(0);
+/// Read-then-write application transactions that failed.
+static APP_TX_FAILED: AtomicUsize = AtomicUsize::new(0);
 static FIRST_LOAD_ERROR: Mutex<Option<String>> = Mutex::new(None);
 
 fn load_error(e: postgres::Error) {
@@ -245,6 +250,8 @@ enum Kind {
     Reader,
     /// Inserts messages of the month whose rows sit in DEFAULT.
     LateWriter,
+    /// In one transaction, reads a conversation's latest 50 messages, then adds one.
+    ReadThenWrite,
 }
 
 impl Kind {
@@ -253,6 +260,7 @@ impl Kind {
             Kind::Writer => "mcm-bench-writer",
             Kind::Reader => "mcm-bench-reader",
             Kind::LateWriter => "mcm-bench-late-writer",
+            Kind::ReadThenWrite => "mcm-bench-read-then-write",
         }
     }
 }
@@ -303,11 +311,15 @@ fn worker(
         let started = Instant::now();
         let id = format!("{}-{w}-{i}", kind.app());
         let outcome = match kind {
+            Kind::ReadThenWrite => read_then_write(&mut c, &read, &msg, &id, conv),
             Kind::Reader => c.query(&read, &[&conv]).map(drop),
             Kind::Writer if i % 4 == 0 => c.execute(&log, &[&id, &conv]).map(drop),
             _ => c.execute(&msg, &[&id, &conv]).map(drop),
         };
         if let Err(e) = outcome {
+            if kind == Kind::ReadThenWrite {
+                APP_TX_FAILED.fetch_add(1, Ordering::Relaxed);
+            }
             load_error(e);
         }
         local.push((kind, started, started.elapsed()));
@@ -316,6 +328,19 @@ fn worker(
         }
     }
     samples.lock().unwrap().extend(local);
+}
+
+fn read_then_write(
+    c: &mut Client,
+    read: &postgres::Statement,
+    msg: &postgres::Statement,
+    id: &str,
+    conv: i64,
+) -> Result<(), postgres::Error> {
+    let mut tx = c.transaction()?;
+    tx.query(read, &[&conv])?;
+    tx.execute(msg, &[&id, &conv])?;
+    tx.commit()
 }
 
 /// Samples, every 4 ms, which load sessions wait for a lock and what the blocking sessions run.
@@ -355,6 +380,7 @@ fn start_load(url: &str, schema: &'static str, late: bool) -> Load {
     let mut kinds = vec![Kind::Writer, Kind::Writer, Kind::Reader, Kind::Reader];
     if late {
         kinds.push(Kind::LateWriter);
+        kinds.push(Kind::ReadThenWrite);
     }
     let mut handles: Vec<thread::JoinHandle<()>> = kinds
         .into_iter()
@@ -386,6 +412,8 @@ struct Figures {
     failed: Option<String>,
     /// Statements of the load that failed during the run.
     load_errors: usize,
+    /// Read-then-write transactions that failed during the run.
+    app_tx_failed: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -409,6 +437,7 @@ fn one_run(
     let load = start_load(&url, schema, late);
     thread::sleep(Duration::from_millis(500));
     LOAD_ERRORS.store(0, Ordering::Relaxed);
+    APP_TX_FAILED.store(0, Ordering::Relaxed);
     let t0 = Instant::now();
     let outcome = work(&url);
     let wall = t0.elapsed();
@@ -439,6 +468,7 @@ fn one_run(
         cause: cause_of(read, Kind::Reader.app(), &load.waits.lock().unwrap()),
         failed: outcome.err(),
         load_errors: LOAD_ERRORS.swap(0, Ordering::Relaxed),
+        app_tx_failed: APP_TX_FAILED.swap(0, Ordering::Relaxed),
     };
     drop_db(name);
     f
@@ -484,9 +514,9 @@ struct Approach {
 
 fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approach]) {
     println!(
-        "| rows in DEFAULT | approach                       | wall (s) | longest read (ms) | longest insert (ms) | longest insert into DEFAULT's month (ms) | reads | failed statements (all runs) | longest read of each run (ms) |"
+        "| rows in DEFAULT | approach                       | wall (s) | longest read (ms) | longest insert (ms) | longest insert into DEFAULT's month (ms) | reads | failed statements (all runs) | failed app transactions (all runs) | longest read of each run (ms) |"
     );
-    println!("|----------------:|--------------------------------|---------:|------------------:|--------------------:|-----------------------------------------:|------:|-----------------------------:|-------------------------------|");
+    println!("|----------------:|--------------------------------|---------:|------------------:|--------------------:|-----------------------------------------:|------:|-----------------------------:|-----------------------------------:|-------------------------------|");
     let mut runs: Vec<Vec<Figures>> = approaches.iter().map(|_| Vec::new()).collect();
     for _ in 0..repeat.max(1) {
         for (i, a) in approaches.iter().enumerate() {
@@ -501,7 +531,7 @@ fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approa
             v[v.len() / 2]
         };
         println!(
-            "| {rows:>15} | {:<30} | {:>8.2} | {:>17.1} | {:>19.1} | {:>40} | {reads:>5} | {:>28} | {} |",
+            "| {rows:>15} | {:<30} | {:>8.2} | {:>17.1} | {:>19.1} | {:>40} | {reads:>5} | {:>28} | {:>34} | {} |",
             a.label,
             m(|f| f.wall).as_secs_f64(),
             ms(m(|f| f.read)),
@@ -512,6 +542,11 @@ fn compare(tpl: &str, rows: i64, late: bool, repeat: usize, approaches: &[Approa
                 "-".into()
             },
             r.iter().map(|f| f.load_errors).sum::<usize>(),
+            if late {
+                r.iter().map(|f| f.app_tx_failed).sum::<usize>().to_string()
+            } else {
+                "-".into()
+            },
             r.iter()
                 .map(|f| format!("{:.1}", ms(f.read)))
                 .collect::<Vec<_>>()
@@ -582,7 +617,7 @@ fn runner(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// (b) of the move: the runner's statements with ACCESS EXCLUSIVE taken first (its form after a
+/// (c) of the move: the runner's statements with ACCESS EXCLUSIVE taken first (its form after a
 /// deadlock), for the whole move.
 fn exclusive_move(url: &str) -> Result<(), String> {
     let plan = meta_chat_migrations::partitions::plan(&settings(url)).map_err(|e| e.to_string())?;
@@ -598,7 +633,32 @@ fn exclusive_move(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// (c) of the move: pg_partman moves the rows out of its DEFAULT (one month, one batch).
+/// (b) of the move: the runner's previous form, whose upgrade to ACCESS EXCLUSIVE waits up to
+/// `--lock-timeout` (2 s) instead of stepping aside after 100 ms.
+fn plain_upgrade_move(url: &str) -> Result<(), String> {
+    let plan = meta_chat_migrations::partitions::plan(&settings(url)).map_err(|e| e.to_string())?;
+    let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
+    for m in &plan.months {
+        for s in &m.steps {
+            let mut tx = c.transaction().map_err(|e| db_error(&e))?;
+            tx.batch_execute("SET LOCAL lock_timeout = '2s'")
+                .map_err(|e| db_error(&e))?;
+            for sql in &s.statements {
+                let sql = if sql.starts_with("DO $mcm$") {
+                    format!("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE", m.table)
+                } else {
+                    sql.clone()
+                };
+                tx.batch_execute(&sql)
+                    .map_err(|e| format!("{}: {}", s.id.as_str(), db_error(&e)))?;
+            }
+            tx.commit().map_err(|e| db_error(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// (d) of the move: pg_partman moves the rows out of its DEFAULT (one month, one batch).
 fn partman_move(url: &str) -> Result<(), String> {
     let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
     c.batch_execute("SELECT partman.partition_data_time('pm.messages', p_batch_count := 1)")
@@ -633,7 +693,7 @@ fn main() {
     let args = parse_args();
     let partman = partman_available();
     println!(
-        "# 2 writers into the current month, 2 readers of one conversation's latest 50 messages; {} run(s) of each approach, interleaved; medians",
+        "# 2 writers into the current month, 2 readers of one conversation's latest 50 messages (moves add a writer of DEFAULT's month and a read-then-write transaction client); {} run(s) of each approach, interleaved; medians",
         args.repeat
     );
     if !partman {
@@ -675,6 +735,11 @@ fn main() {
                 label: "runner partitions".into(),
                 schema: "public",
                 work: Box::new(runner),
+            },
+            Approach {
+                label: "previous runner (plain upgrade)".into(),
+                schema: "public",
+                work: Box::new(plain_upgrade_move),
             },
             Approach {
                 label: "same, ACCESS EXCLUSIVE move".into(),

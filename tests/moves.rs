@@ -209,9 +209,11 @@ fn a_transaction_that_read_and_then_writes_during_a_move_commits() {
     assert!(
         eventually(Duration::from_secs(60), || {
             count(
-            &mut c,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'WITH moved AS (DELETE%'"
-        ) > 0
+                &mut c,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE a.application_name = 'meta-chat-migrate' AND a.state = 'active' AND l.granted
+                AND l.relation = 'messages'::regclass AND l.mode = 'ShareLock'",
+            ) > 0
         }),
         "the move never ran"
     );
