@@ -19,7 +19,7 @@
 //!
 //! Prints figures; asserts nothing.
 //!
-//!     cargo bench --bench partitions -- [--messages 1000000] [--moves 100000,1000000] [--repeat 3] [--keep]
+//!     cargo bench --bench partitions -- [--messages 1000000] [--moves 100000,1000000] [--repeat 3] [--keep] [--read-then-write on|off|both]
 //!
 //! (`--moves ''` runs the DEFAULT-empty comparison alone.)
 //!
@@ -65,6 +65,8 @@ struct Args {
     moves: Vec<i64>,
     repeat: usize,
     keep: bool,
+    /// Whether the moves run with read-then-write transactions, without, or both ways.
+    read_then_write: Vec<bool>,
 }
 
 fn parse_args() -> Args {
@@ -73,6 +75,7 @@ fn parse_args() -> Args {
         moves: vec![100_000, 1_000_000],
         repeat: 3,
         keep: false,
+        read_then_write: vec![false, true],
     };
     let number = |s: &str| -> i64 { s.trim().replace('_', "").parse().expect("a number") };
     let mut it = std::env::args().skip(1);
@@ -90,6 +93,14 @@ fn parse_args() -> Args {
             }
             "--repeat" => args.repeat = number(&it.next().expect("--repeat N")) as usize,
             "--keep" => args.keep = true,
+            "--read-then-write" => {
+                args.read_then_write = match it.next().as_deref() {
+                    Some("on") => vec![true],
+                    Some("off") => vec![false],
+                    Some("both") => vec![false, true],
+                    _ => panic!("--read-then-write on|off|both"),
+                }
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}; see the module docs"),
         }
@@ -373,6 +384,9 @@ fn watch_waits(
     })
 }
 
+/// Whether the load of the next runs includes read-then-write transactions.
+static READ_THEN_WRITE: AtomicBool = AtomicBool::new(false);
+
 fn start_load(url: &str, schema: &'static str, late: bool) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Samples = Arc::default();
@@ -380,6 +394,8 @@ fn start_load(url: &str, schema: &'static str, late: bool) -> Load {
     let mut kinds = vec![Kind::Writer, Kind::Writer, Kind::Reader, Kind::Reader];
     if late {
         kinds.push(Kind::LateWriter);
+    }
+    if late && READ_THEN_WRITE.load(Ordering::Relaxed) {
         kinds.push(Kind::ReadThenWrite);
     }
     let mut handles: Vec<thread::JoinHandle<()>> = kinds
@@ -722,9 +738,17 @@ fn main() {
     });
     println!("# DEFAULT empty: every month through the current one + 6, both tables");
     compare(&tpl, 0, false, args.repeat, &approaches);
-    for &rows in &args.moves {
+    for (&rows, &rw) in args
+        .moves
+        .iter()
+        .flat_map(|r| args.read_then_write.iter().map(move |w| (r, w)))
+    {
+        READ_THEN_WRITE.store(rw, Ordering::Relaxed);
         let moving = move_template(&tpl, rows, partman);
-        println!("# {rows} rows of one month in messages' DEFAULT; a third writer inserts rows of that month");
+        println!(
+            "# {rows} rows of one month in messages' DEFAULT; a third writer inserts rows of that month{}",
+            if rw { "; a fourth client runs read-then-write transactions" } else { "; no read-then-write transactions" }
+        );
         let once = one_run(&moving, "public", true, &partition_of);
         println!(
             "# CREATE TABLE ... PARTITION OF: {}",
@@ -755,7 +779,7 @@ fn main() {
             });
         }
         compare(&moving, rows, true, args.repeat, &approaches);
-        if !args.keep {
+        if !args.keep && (rw || !args.read_then_write.contains(&true)) {
             drop_db(&moving);
         }
     }

@@ -178,7 +178,28 @@ struct Waiting {
     since: Option<Instant>,
     last_logged: Option<Instant>,
     blockers: Vec<i32>,
+    /// Tables (as `regclass` text) on which a transaction waiting for this step while holding
+    /// a lock would deadlock with it: the keeper stops the step's statement when it sees one.
+    guard: Vec<String>,
+    /// The keeper stopped the step's statement for such a transaction.
+    stopped_for_deadlock: bool,
 }
+
+/// What a watch saw of one step.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The pids it waited for.
+    pub blockers: Vec<i32>,
+    /// Whether the keeper stopped its statement, because a transaction holding a lock on a
+    /// guarded table waited for it (the step would have deadlocked with it).
+    pub stopped_for_deadlock: bool,
+}
+
+/// Cancels the statement of $1 when a transaction that holds a lock on one of the tables $2
+/// waits for it; says whether it did.
+const STOP_BEFORE_DEADLOCK: &str = "SELECT pg_cancel_backend($1) FROM pg_locks l \
+     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($2::text[]::regclass[]) \
+       AND l.pid <> $1 AND $1 = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
 
 /// Which of the run's connections wait for a lock, and for which pids: steps register here,
 /// and the lock's keeper thread polls `pg_blocking_pids`, logs long waits, and remembers the
@@ -207,26 +228,55 @@ impl BlockerWatch {
         }
     }
 
-    /// Starts watching `pid`, which is about to run `step`.
-    pub fn watch(&self, pid: i32, step: &str) {
+    /// Starts watching `pid`, which is about to run `step`; `guard` names the tables on which a
+    /// transaction waiting for it while holding a lock would deadlock with it (see [`Seen`]).
+    pub fn watch(&self, pid: i32, step: &str, guard: &[String]) {
         self.watched.lock().unwrap().insert(
             pid,
             Waiting {
                 step: step.to_string(),
                 started: Some(Instant::now()),
+                guard: guard.to_vec(),
                 ..Waiting::default()
             },
         );
     }
 
-    /// Stops watching `pid` and returns the blockers seen while it was watched.
-    pub fn take(&self, pid: i32) -> Vec<i32> {
+    /// Stops watching `pid` and returns what was seen while it was watched.
+    pub fn take(&self, pid: i32) -> Seen {
         self.watched
             .lock()
             .unwrap()
             .remove(&pid)
-            .map(|w| w.blockers)
+            .map(|w| Seen {
+                blockers: w.blockers,
+                stopped_for_deadlock: w.stopped_for_deadlock,
+            })
             .unwrap_or_default()
+    }
+
+    /// Stops each guarded step that a transaction holding a lock on a guarded table waits for.
+    /// The map stays locked meanwhile, so that the step cannot finish and start another
+    /// statement between the check and the cancel (a cancel that reaches an idle session is
+    /// ignored by the server).
+    fn poll_guards(&self, client: &mut Client) -> std::result::Result<(), postgres::Error> {
+        let mut map = self.watched.lock().unwrap();
+        for (pid, w) in map.iter_mut() {
+            if w.guard.is_empty() || w.stopped_for_deadlock {
+                continue;
+            }
+            if !client
+                .query(STOP_BEFORE_DEADLOCK, &[pid, &w.guard])?
+                .is_empty()
+            {
+                log::info!(
+                    "{}: a transaction that read the table waits for it to write: stopping it before it deadlocks",
+                    w.step
+                );
+                w.stopped_for_deadlock = true;
+            }
+        }
+        Ok(())
     }
 
     /// One poll: which watched pids wait for a lock, and for whom; then the progress of the
@@ -237,6 +287,7 @@ impl BlockerWatch {
             return Ok(());
         }
         self.poll_waits(client, &pids)?;
+        self.poll_guards(client)?;
         self.poll_progress(client)
     }
 

@@ -15,6 +15,7 @@ use crate::interrupt::Interrupt;
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 const DEADLOCK_DETECTED: &str = "40P01";
+const QUERY_CANCELED: &str = "57014";
 
 /// The SQLSTATE a step raises (in a `DO` block) to stop before taking a lock that would close a
 /// deadlock with an application transaction waiting for it: retried like a deadlock.
@@ -54,6 +55,20 @@ impl LockPolicy {
         step: &str,
         pid: i32,
         watch: &BlockerWatch,
+        attempt: impl FnMut(Attempt) -> Result<T>,
+    ) -> Result<T> {
+        self.run_guarded(step, pid, watch, &[], attempt)
+    }
+
+    /// [`Self::run`], with the keeper stopping an attempt as soon as a transaction holding a
+    /// lock on one of `guard` waits for it (it would deadlock with the step's lock upgrade):
+    /// such an attempt counts as a deadlock.
+    pub fn run_guarded<T>(
+        &self,
+        step: &str,
+        pid: i32,
+        watch: &BlockerWatch,
+        guard: &[String],
         mut attempt: impl FnMut(Attempt) -> Result<T>,
     ) -> Result<T> {
         let mut blockers: Vec<i32> = Vec::new();
@@ -61,19 +76,27 @@ impl LockPolicy {
         let mut deadlocks = 0;
         for n in 0..=self.retries {
             self.interrupt.check()?;
-            watch.watch(pid, step);
+            // After a deadlock the step takes its strongest locks first: nothing to guard.
+            watch.watch(pid, step, if state.after_deadlock { &[] } else { guard });
             state.number = n;
             let outcome = attempt(state);
             let seen = watch.take(pid);
             let err = match outcome {
                 Ok(v) => return Ok(v),
+                Err(e) if seen.stopped_for_deadlock && e.sqlstate() == Some(QUERY_CANCELED) => {
+                    Error::Database {
+                        context: step.to_string(),
+                        sqlstate: Some(WOULD_DEADLOCK.into()),
+                        cause: "a transaction that holds a lock it needs waited for it: stopped before the deadlock; it starts over with its locks taken first".into(),
+                    }
+                }
                 Err(e) => e,
             };
             let deadlock = matches!(err.sqlstate(), Some(DEADLOCK_DETECTED | WOULD_DEADLOCK));
             if !deadlock && err.sqlstate() != Some(LOCK_NOT_AVAILABLE) {
                 return Err(err);
             }
-            for pid in seen {
+            for pid in seen.blockers {
                 if !blockers.contains(&pid) {
                     blockers.push(pid);
                 }
@@ -84,13 +107,17 @@ impl LockPolicy {
                 break;
             }
             let pause = jitter(backoff(n));
-            let why = if deadlock {
-                format!("{err}")
+            let why = match &err {
+                Error::Database { cause, .. } if deadlock => cause.clone(),
+                _ => format!("no lock within {:?}", self.lock_timeout),
+            };
+            let by = if blockers.is_empty() {
+                String::new()
             } else {
-                format!("no lock within {:?}", self.lock_timeout)
+                format!(" (blocked by pids {blockers:?})")
             };
             log::warn!(
-                "{step}: {why} (blocked by pids {blockers:?}); retry {} of {} in {:.2}s",
+                "{step}: {why}{by}; retry {} of {} in {:.2}s",
                 n + 1,
                 self.retries,
                 pause.as_secs_f64()

@@ -205,6 +205,11 @@ pub struct Step {
     /// For [`Action::AwaitBuild`]: the table and index whose builds to wait for.
     #[serde(skip)]
     pub await_build: Option<(u32, u32)>,
+    /// Tables on which a transaction that waits for this step while holding a lock would
+    /// deadlock with its lock upgrade: the step is stopped when one does, and its next attempt
+    /// runs [`Step::on_deadlock`] (see [`BlockerWatch`]).
+    #[serde(skip)]
+    pub guard: Vec<String>,
 }
 
 impl Step {
@@ -228,6 +233,7 @@ impl Step {
             claims: Vec::new(),
             bounded: action.bounded(),
             await_build: None,
+            guard: Vec::new(),
         }
     }
 
@@ -306,21 +312,22 @@ impl StepCtx<'_> {
             ),
             "SET LOCAL synchronous_commit = off".to_string(),
         ];
-        self.policy.run(id, self.pid, self.watch, |attempt| {
-            let statements = match (&step.on_deadlock, attempt.after_deadlock) {
-                (Some(other), true) => other,
-                _ => &step.statements,
-            };
-            let mut tx = client.transaction().map_err(|e| Error::db(id, e))?;
-            for sql in settings.iter().chain(statements) {
-                tx.batch_execute(sql).map_err(|e| Error::db(id, e))?;
-            }
-            tx.commit().map_err(|e| Error::db(id, e))
-        })
+        self.policy
+            .run_guarded(id, self.pid, self.watch, &step.guard, |attempt| {
+                let statements = match (&step.on_deadlock, attempt.after_deadlock) {
+                    (Some(other), true) => other,
+                    _ => &step.statements,
+                };
+                let mut tx = client.transaction().map_err(|e| Error::db(id, e))?;
+                for sql in settings.iter().chain(statements) {
+                    tx.batch_execute(sql).map_err(|e| Error::db(id, e))?;
+                }
+                tx.commit().map_err(|e| Error::db(id, e))
+            })
     }
 
     fn patient(&self, client: &mut Client, id: &str, statements: &[String]) -> Result<()> {
-        self.watch.watch(self.pid, id);
+        self.watch.watch(self.pid, id, &[]);
         let outcome = statements
             .iter()
             .try_for_each(|sql| client.batch_execute(sql));

@@ -568,6 +568,7 @@ impl Month<'_> {
             &note,
         );
         step.on_deadlock = Some(self.move_statements(d, true, published));
+        step.guard = vec![table.to_string(), d.to_string()];
         step
     }
 
