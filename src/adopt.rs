@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 
 use crate::catalog;
 use crate::engine;
@@ -135,14 +135,14 @@ impl fmt::Display for Found {
     }
 }
 
-fn tenant_fk(c: &mut impl GenericClient, table: u32, tenants: u32) -> Result<bool> {
+fn tenant_fk(c: &mut dyn Reader, table: u32, tenants: u32) -> Result<bool> {
     c.query_one(HAS_TENANT_FK, &[&table, &tenants])
         .map(|r| r.get(0))
         .map_err(|e| Error::db("inspecting the schema", e))
 }
 
 /// Reads what the catalog holds in `schema`. Read-only.
-pub fn inspect(c: &mut impl GenericClient, schema: &str) -> Result<Found> {
+pub fn inspect(c: &mut dyn Reader, schema: &str) -> Result<Found> {
     let mut found = Found::default();
     let mut rels = std::collections::HashMap::new();
     for t in TABLES {

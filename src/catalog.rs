@@ -5,18 +5,65 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use postgres::GenericClient;
+use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::sql::{FkShape, IndexShape, Relation};
+
+/// What every planner reads the catalog through: a client or a transaction alike. Object-safe
+/// (unlike the driver's `GenericClient`), so that the operation kinds can be trait objects.
+pub trait Reader {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, postgres::Error>;
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, postgres::Error>;
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, postgres::Error>;
+}
+
+impl<C: GenericClient> Reader for C {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, postgres::Error> {
+        GenericClient::query(self, sql, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, postgres::Error> {
+        GenericClient::query_opt(self, sql, params)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, postgres::Error> {
+        GenericClient::query_one(self, sql, params)
+    }
+}
 
 fn db_err(what: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
     move |e| Error::db(what, e)
 }
 
 /// `server_version_num`, e.g. 150004.
-pub fn server_version(c: &mut impl GenericClient) -> Result<i32> {
+pub fn server_version(c: &mut dyn Reader) -> Result<i32> {
     let v: String = c
         .query_one("SELECT current_setting('server_version_num')", &[])
         .map_err(db_err("reading the server version"))?
@@ -32,7 +79,7 @@ pub struct Caps {
 }
 
 impl Caps {
-    pub fn read(c: &mut impl GenericClient) -> Result<Caps> {
+    pub fn read(c: &mut dyn Reader) -> Result<Caps> {
         Ok(Caps {
             server_version: server_version(c)?,
         })
@@ -51,7 +98,7 @@ pub struct RelInfo {
     pub kind: char,
 }
 
-pub fn relation(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<RelInfo>> {
+pub fn relation(c: &mut dyn Reader, rel: &Relation) -> Result<Option<RelInfo>> {
     Ok(c
         .query_opt(
             "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -65,7 +112,7 @@ pub fn relation(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<Rel
         }))
 }
 
-pub fn table_exists(c: &mut impl GenericClient, rel: &Relation) -> Result<bool> {
+pub fn table_exists(c: &mut dyn Reader, rel: &Relation) -> Result<bool> {
     Ok(relation(c, rel)?.is_some_and(|r| matches!(r.kind, 'r' | 'p')))
 }
 
@@ -105,7 +152,7 @@ const TREE: &str = "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::t
 
 /// The table and, if it is partitioned, every partition below it, root first, then by level
 /// and name. `None` if the table does not exist.
-pub fn tree(c: &mut impl GenericClient, table: &Relation) -> Result<Option<Vec<Node>>> {
+pub fn tree(c: &mut dyn Reader, table: &Relation) -> Result<Option<Vec<Node>>> {
     let Some(info) = relation(c, table)? else {
         return Ok(None);
     };
@@ -167,7 +214,7 @@ const FKS_NAMED: &str =
 
 /// The constraints named `name` on any of `relids`, by relation oid.
 pub fn constraints_named(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     relids: &[u32],
     name: &str,
 ) -> Result<HashMap<u32, FkState>> {
@@ -242,7 +289,7 @@ fn index_rows(rows: Vec<postgres::Row>) -> Vec<IndexState> {
 }
 
 /// Every index on any of `tables`.
-pub fn indexes_on(c: &mut impl GenericClient, tables: &[u32]) -> Result<Vec<IndexState>> {
+pub fn indexes_on(c: &mut dyn Reader, tables: &[u32]) -> Result<Vec<IndexState>> {
     let rows = c
         .query(&format!("{INDEXES} WHERE x.indrelid = ANY($1)"), &[&tables])
         .map_err(db_err("reading indexes"))?;
@@ -250,7 +297,7 @@ pub fn indexes_on(c: &mut impl GenericClient, tables: &[u32]) -> Result<Vec<Inde
 }
 
 /// The index named `rel`, if there is one.
-pub fn index_named(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<IndexState>> {
+pub fn index_named(c: &mut dyn Reader, rel: &Relation) -> Result<Option<IndexState>> {
     let rows = c
         .query(
             &format!("{INDEXES} WHERE n.nspname = $1 AND ic.relname = $2"),
@@ -261,10 +308,7 @@ pub fn index_named(c: &mut impl GenericClient, rel: &Relation) -> Result<Option<
 }
 
 /// Every relation name in each of `schemas`, for choosing names that are free.
-pub fn names_in(
-    c: &mut impl GenericClient,
-    schemas: &[String],
-) -> Result<BTreeSet<(String, String)>> {
+pub fn names_in(c: &mut dyn Reader, schemas: &[String]) -> Result<BTreeSet<(String, String)>> {
     Ok(c.query(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1)",
@@ -278,7 +322,7 @@ pub fn names_in(
 
 /// Backends other than this one that are building an index on `table` (the index `index`, or
 /// one not yet named), from `pg_stat_progress_create_index`.
-pub fn builds_in_progress(c: &mut impl GenericClient, table: u32, index: u32) -> Result<Vec<i32>> {
+pub fn builds_in_progress(c: &mut dyn Reader, table: u32, index: u32) -> Result<Vec<i32>> {
     Ok(c.query(
         "SELECT pid FROM pg_stat_progress_create_index WHERE pid <> pg_backend_pid() \
              AND (index_relid = $2 OR (relid = $1 AND index_relid = 0))",
@@ -301,7 +345,7 @@ pub struct BuildProgress {
 }
 
 /// The index build of backend `pid`, if it is building one.
-pub fn build_progress(c: &mut impl GenericClient, pid: i32) -> Result<Option<BuildProgress>> {
+pub fn build_progress(c: &mut dyn Reader, pid: i32) -> Result<Option<BuildProgress>> {
     Ok(c.query_opt(
         "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total \
              FROM pg_stat_progress_create_index WHERE pid = $1",
@@ -318,7 +362,7 @@ pub fn build_progress(c: &mut impl GenericClient, pid: i32) -> Result<Option<Bui
 }
 
 /// The columns of a table that an INSERT may name (generated columns are computed), in order.
-pub fn columns(c: &mut impl GenericClient, oid: u32) -> Result<Vec<String>> {
+pub fn columns(c: &mut dyn Reader, oid: u32) -> Result<Vec<String>> {
     Ok(c
         .query(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
@@ -331,10 +375,7 @@ pub fn columns(c: &mut impl GenericClient, oid: u32) -> Result<Vec<String>> {
 }
 
 /// The tables a table's foreign keys reference, schema-qualified, each once.
-pub fn referenced_tables(
-    c: &mut impl GenericClient,
-    oid: u32,
-) -> Result<Vec<crate::sql::Relation>> {
+pub fn referenced_tables(c: &mut dyn Reader, oid: u32) -> Result<Vec<crate::sql::Relation>> {
     Ok(c.query(
         "SELECT DISTINCT n.nspname::text, r.relname::text FROM pg_constraint k
                JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace

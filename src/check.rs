@@ -3,7 +3,7 @@
 //! engine's own planning, so `check` and `migrate` never disagree), and the partition layout.
 //! Read-only.
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use crate::catalog;
@@ -236,7 +236,7 @@ pub(crate) fn problems(plan: &OpPlan) -> Vec<String> {
 }
 
 pub fn check(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     schema: &str,
     premake: u32,
     as_of: Option<&str>,
@@ -296,7 +296,7 @@ pub fn check(
     Ok(report)
 }
 
-fn layout(c: &mut impl GenericClient, table: &Relation) -> Result<PartitionLayout> {
+fn layout(c: &mut dyn Reader, table: &Relation) -> Result<PartitionLayout> {
     let nodes = catalog::tree(c, table)?.unwrap_or_default();
     let parts: Vec<&catalog::Node> = nodes.iter().filter(|n| n.level == 1).collect();
     let default = parts.iter().find(|n| n.is_default());

@@ -9,7 +9,9 @@
 //! handles (`Rule::after`): a message both orphaned and in another tenant's conversation is
 //! counted and moved once.
 
-use postgres::{Client, GenericClient};
+use postgres::Client;
+
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use crate::config::OrphanPolicy;
@@ -54,7 +56,7 @@ fn condition(rule: &Rule, schema: &str) -> String {
 }
 
 /// Counts the rows of one rule, with up to ten sample ids. Read-only.
-pub fn count(c: &mut impl GenericClient, rule: &Rule, schema: &str) -> Result<RuleCount> {
+pub fn count(c: &mut dyn Reader, rule: &Rule, schema: &str) -> Result<RuleCount> {
     let table = Relation::new(schema, rule.fk.table);
     let cond = condition(rule, schema);
     let count: i64 = c

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 
 use super::step::{Action, Step};
 use super::{Conflict, OpPlan, Planner};
@@ -57,7 +57,7 @@ fn leaf_steps(fk: &ForeignKeyDef, schema: &str, leaf: &Node, state: Option<&FkSt
 }
 
 pub(super) fn plan(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     planner: &mut Planner,
     fk: &'static ForeignKeyDef,
     nodes: &[Node],

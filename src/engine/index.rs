@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 
 use super::step::{Action, Step};
 use super::{Conflict, OpPlan, Planner};
@@ -93,7 +93,7 @@ fn attach(ix: &IndexDef, table: &Node, parent: &Relation, child: &Relation) -> S
 }
 
 pub(super) fn plan(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     planner: &mut Planner,
     ix: &'static IndexDef,
     nodes: &[Node],

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use crate::catalog::{self, Caps, Node};
@@ -129,7 +129,7 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    pub fn new(c: &mut impl GenericClient, schema: &str) -> Result<Planner> {
+    pub fn new(c: &mut dyn Reader, schema: &str) -> Result<Planner> {
         Ok(Planner {
             schema: schema.to_string(),
             caps: Caps::read(c)?,
@@ -138,7 +138,7 @@ impl Planner {
         })
     }
 
-    fn load_names(&mut self, c: &mut impl GenericClient, nodes: &[Node]) -> Result<()> {
+    fn load_names(&mut self, c: &mut dyn Reader, nodes: &[Node]) -> Result<()> {
         let missing: Vec<String> = nodes
             .iter()
             .map(|n| n.rel.schema.as_str().to_string())
@@ -175,7 +175,7 @@ impl Planner {
 }
 
 /// Plans one operation. Read-only.
-pub(crate) fn plan_op(c: &mut impl GenericClient, planner: &mut Planner, op: Op) -> Result<OpPlan> {
+pub(crate) fn plan_op(c: &mut dyn Reader, planner: &mut Planner, op: Op) -> Result<OpPlan> {
     let table = Relation::new(&planner.schema, op.table());
     let nodes = catalog::tree(c, &table)?.ok_or_else(|| Error::MissingTable {
         table: table.plain(),
@@ -189,7 +189,7 @@ pub(crate) fn plan_op(c: &mut impl GenericClient, planner: &mut Planner, op: Op)
 }
 
 /// Plans every operation of `ops` with one planner. Read-only.
-pub(crate) fn plan(c: &mut impl GenericClient, schema: &str, ops: &[Op]) -> Result<Vec<OpPlan>> {
+pub(crate) fn plan(c: &mut dyn Reader, schema: &str, ops: &[Op]) -> Result<Vec<OpPlan>> {
     let mut planner = Planner::new(c, schema)?;
     ops.iter().map(|op| plan_op(c, &mut planner, *op)).collect()
 }

@@ -15,7 +15,7 @@
 //! Also whether this run's role may do all of it, so that a month it cannot complete is refused
 //! before anything is changed.
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use super::window::Window;
@@ -126,7 +126,7 @@ fn db(what: &'static str) -> impl Fn(postgres::Error) -> Error {
 }
 
 /// Reads what the months of `window`'s table carry. Read-only.
-pub fn read(c: &mut impl GenericClient, window: &Window) -> Result<Carry> {
+pub fn read(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
     let table = window.table.to_string();
     let row = c
         .query_one(PARENT, &[&table])
@@ -195,7 +195,7 @@ pub fn read(c: &mut impl GenericClient, window: &Window) -> Result<Carry> {
     Ok(carry)
 }
 
-fn policies(c: &mut impl GenericClient, newest: &Relation) -> Result<Vec<Policy>> {
+fn policies(c: &mut dyn Reader, newest: &Relation) -> Result<Vec<Policy>> {
     let rows = c
         .query(POLICIES, &[&newest.to_string()])
         .map_err(db("reading row-level security policies"))?;
@@ -218,7 +218,7 @@ fn policies(c: &mut impl GenericClient, newest: &Relation) -> Result<Vec<Policy>
         .collect())
 }
 
-fn publications(c: &mut impl GenericClient, window: &Window) -> Result<Vec<Publication>> {
+fn publications(c: &mut dyn Reader, window: &Window) -> Result<Vec<Publication>> {
     let default = window
         .default
         .as_ref()

@@ -46,7 +46,7 @@
 pub mod carry;
 pub mod window;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use super::step::{Action, LockClaim, LockMode, Step};
@@ -125,7 +125,7 @@ struct Table<'a> {
 }
 
 /// Plans every missing month of `window`. Read-only.
-pub(crate) fn plan(c: &mut impl GenericClient, window: &Window) -> Result<TablePlan> {
+pub(crate) fn plan(c: &mut dyn Reader, window: &Window) -> Result<TablePlan> {
     let mut out = TablePlan::default();
     if window.missing.is_empty() {
         return Ok(out);
@@ -190,7 +190,7 @@ struct Month<'a> {
 type Planned = std::result::Result<MonthPlan, String>;
 
 impl Month<'_> {
-    fn plan(&self, c: &mut impl GenericClient) -> Result<Planned> {
+    fn plan(&self, c: &mut dyn Reader) -> Result<Planned> {
         let mut steps = Vec::new();
         match self.leftover(c)? {
             Ok(Some(drop)) => steps.push(drop),
@@ -269,10 +269,7 @@ impl Month<'_> {
 
     /// A relation of the month's name: `Ok(None)` if there is none, `Ok(Some(step))` dropping
     /// an empty standalone table an interrupted run left, `Err(why)` for anything else.
-    fn leftover(
-        &self,
-        c: &mut impl GenericClient,
-    ) -> Result<std::result::Result<Option<Step>, String>> {
+    fn leftover(&self, c: &mut dyn Reader) -> Result<std::result::Result<Option<Step>, String>> {
         let part = &self.partition;
         let Some(found) = leftover_state(c, part)? else {
             return Ok(Ok(None));
@@ -331,7 +328,7 @@ impl Month<'_> {
     /// clean-up of a failure; `Err(why)` when the month is refused.
     fn attach_steps(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut dyn Reader,
         steps: &mut Vec<Step>,
     ) -> Result<std::result::Result<(&'static str, Vec<Step>), String>> {
         let w = self.t.window;
@@ -464,7 +461,7 @@ const LEFTOVER: &str = "SELECT c.relkind::text, \
        has_table_privilege(c.oid, 'SELECT') \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2";
 
-fn leftover_state(c: &mut impl GenericClient, part: &Relation) -> Result<Option<Leftover>> {
+fn leftover_state(c: &mut dyn Reader, part: &Relation) -> Result<Option<Leftover>> {
     let Some(r) = c
         .query_opt(
             LEFTOVER,
@@ -505,11 +502,7 @@ const MOVE_HAZARDS: &str = "SELECT format('trigger %s on %s', t.tgname, t.tgreli
      WHERE k.contype = 'f' AND k.confrelid IN (SELECT relid FROM pg_partition_tree($2::text::regclass))
      ORDER BY 1";
 
-fn move_hazards(
-    c: &mut impl GenericClient,
-    default: &Relation,
-    table: &Relation,
-) -> Result<Vec<String>> {
+fn move_hazards(c: &mut dyn Reader, default: &Relation, table: &Relation) -> Result<Vec<String>> {
     Ok(
         c.query(MOVE_HAZARDS, &[&default.to_string(), &table.to_string()])
             .map_err(|e| Error::db("reading what a move out of DEFAULT would fire", e))?
@@ -521,7 +514,7 @@ fn move_hazards(
 
 /// Whether DEFAULT carries the month's exclusion CHECK, and whether it is validated.
 fn exclusion_state(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     default: &Relation,
     exclusion: &Ident,
 ) -> Result<Option<bool>> {
@@ -680,7 +673,7 @@ impl std::fmt::Display for HelperCheck {
 
 /// Every helper CHECK on the partitions of `window`'s table: the bound CHECK on an attached
 /// partition, an exclusion CHECK on DEFAULT. Read-only.
-pub fn helper_checks(c: &mut impl GenericClient, window: &Window) -> Result<Vec<HelperCheck>> {
+pub fn helper_checks(c: &mut dyn Reader, window: &Window) -> Result<Vec<HelperCheck>> {
     let rows = c
         .query(
             "SELECT n.nspname::text, r.relname::text, k.conname::text FROM pg_constraint k \
@@ -704,7 +697,7 @@ pub fn helper_checks(c: &mut impl GenericClient, window: &Window) -> Result<Vec<
 /// needs them (an exclusion CHECK on DEFAULT for a month not being created would, whatever its
 /// state, refuse the application's inserts of that month).
 pub(crate) fn leftovers(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     window: &Window,
     creating: &[String],
 ) -> Result<Vec<Step>> {

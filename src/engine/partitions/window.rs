@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use postgres::GenericClient;
+use crate::catalog::Reader;
 use serde::Serialize;
 
 use crate::catalog;
@@ -136,7 +136,7 @@ pub(crate) fn layout_error(table: &Relation, detail: String) -> Error {
 
 /// Reads one table's window. Read-only.
 pub fn window(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     table: &Relation,
     premake: u32,
     as_of: Option<&str>,
@@ -188,7 +188,7 @@ pub fn window(
 /// covers. Refuses a table without a monthly partition (there is nothing to continue), and one
 /// whose partitions are not whole months in any one time zone, naming those that are not.
 fn covered_months(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     table: &Relation,
     parts: &[&catalog::Node],
 ) -> Result<(String, Vec<Ranged>)> {
@@ -267,7 +267,7 @@ fn default_partition(table: &Relation, parts: &[&catalog::Node]) -> Result<Optio
     }
 }
 
-fn partition_key(c: &mut impl GenericClient, table: &Relation, oid: u32) -> Result<String> {
+fn partition_key(c: &mut dyn Reader, table: &Relation, oid: u32) -> Result<String> {
     let row = c
         .query_opt(KEY, &[&oid])
         .map_err(|e| Error::db("reading the partition key", e))?
@@ -284,7 +284,7 @@ fn partition_key(c: &mut impl GenericClient, table: &Relation, oid: u32) -> Resu
 }
 
 fn rows_by_month(
-    c: &mut impl GenericClient,
+    c: &mut dyn Reader,
     default: &Relation,
     key: &str,
     zone: &str,
