@@ -448,8 +448,8 @@ fn other_build(bin: &str, url: &str) {
 /// What 20251121000004 does when applied without the runner: its generated, blocking SQL.
 fn consistency_sql(url: &str) {
     let mut c = Client::connect(url, NoTls).unwrap();
-    c.batch_execute(&meta_chat_migrations::plan::fallback_sql(
-        embedded::TENANT_CONSISTENT_MESSAGES,
+    c.batch_execute(&meta_chat_migrations::engine::ops::fallback_sql(
+        &embedded::tenant_consistent_messages::DECLARATION,
     ))
     .expect("the blocking SQL");
 }

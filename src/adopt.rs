@@ -12,7 +12,8 @@ use crate::catalog::Reader;
 use crate::catalog;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::plan::{Op, BASELINE, PARTITIONED, PLANS, TABLES};
+use crate::embedded::{BASELINE, DECLARATIONS, PARTITIONED, TABLES};
+use crate::engine::ops::Operation;
 use crate::sql::Relation;
 
 /// Any validated FK from the table's "tenantId" to tenants, whatever its name.
@@ -37,10 +38,13 @@ pub struct Found {
     pub prisma_finished: Option<Vec<String>>,
 }
 
-fn describe(op: &Op) -> String {
-    match op {
-        Op::ForeignKey(fk) => fk.name.to_string(),
-        Op::Index(ix) => format!("a valid {}", ix.name),
+/// How a mismatch names an operation: an index as "a valid" one (an INVALID leftover does not
+/// count), anything else by its name.
+fn describe(op: &dyn Operation) -> String {
+    if op.kind().ends_with("index") {
+        format!("a valid {}", op.id())
+    } else {
+        op.id().to_string()
     }
 }
 
@@ -73,12 +77,12 @@ impl Found {
         if !(self.messages_partitioned && self.api_logs_partitioned) {
             return Some(format!("{version} implies messages and api_logs partitioned by month; they are not both partitioned"));
         }
-        for p in PLANS.iter().filter(|p| p.version <= version) {
-            let mut ops: Vec<&Op> = p.phases.iter().flat_map(|ops| ops.iter()).collect();
+        for p in DECLARATIONS.iter().filter(|p| p.version <= version) {
+            let mut ops: Vec<&dyn Operation> = p.ops().collect();
             // Keys first, then indexes, whatever order the phases run them in.
-            ops.sort_by_key(|op| matches!(op, Op::Index(_)));
+            ops.sort_by_key(|op| op.kind().ends_with("index"));
             if let Some(op) = ops.iter().find(|op| !self.in_place.contains(&op.id())) {
-                let all: Vec<String> = ops.iter().map(|o| describe(o)).collect();
+                let all: Vec<String> = ops.iter().map(|o| describe(*o)).collect();
                 return Some(format!(
                     "{version} implies {} (from {}); {} is not in place as declared",
                     all.join(" and "),
@@ -92,7 +96,7 @@ impl Found {
 
     /// The newest version whose implications the catalog meets.
     pub fn best_baseline(&self) -> Option<i64> {
-        let mut versions: Vec<i64> = PLANS.iter().map(|p| p.version).collect();
+        let mut versions: Vec<i64> = DECLARATIONS.iter().map(|p| p.version).collect();
         versions.extend([PARTITIONED, BASELINE]);
         versions.sort_unstable_by(|a, b| b.cmp(a));
         versions.into_iter().find(|v| self.mismatch(*v).is_none())
@@ -166,10 +170,7 @@ pub fn inspect(c: &mut dyn Reader, schema: &str) -> Result<Found> {
         }
     }
     if found.tables.len() == TABLES.len() {
-        let ops: Vec<Op> = PLANS
-            .iter()
-            .flat_map(|p| p.phases.iter().flat_map(|ops| ops.iter().copied()))
-            .collect();
+        let ops: Vec<&'static dyn Operation> = DECLARATIONS.iter().flat_map(|p| p.ops()).collect();
         for op_plan in engine::plan(c, schema, &ops)? {
             if op_plan.is_done() {
                 found.in_place.push(op_plan.id);

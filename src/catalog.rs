@@ -1,16 +1,17 @@
-//! Every read-only catalog query, once. The engine plans from these, and `check`, `verify`,
-//! `adopt` and `--dry-run` read the same facts, so that they can never disagree about what is in
-//! place. Relations are always schema-qualified ([`Relation`]); names are compared as the
-//! catalog stores them.
+//! The catalog facts that every part of the runner shares: relations, partition trees (with
+//! row estimates), the names taken in a schema, columns, the tables a table's keys reference,
+//! the server's version, and index builds in progress. Each operation kind reads its own objects
+//! in its file (`engine/ops/`), and the monthly window reads its own in `engine/partitions/`:
+//! what a fact means is decided where it is used. Relations are always schema-qualified
+//! ([`Relation`]); names are compared as the catalog stores them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
-use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::sql::{FkShape, IndexShape, Relation};
+use crate::sql::Relation;
 
 /// What every planner reads the catalog through: a client or a transaction alike. Object-safe
 /// (unlike the driver's `GenericClient`), so that the operation kinds can be trait objects.
@@ -187,126 +188,6 @@ pub fn tree(c: &mut dyn Reader, table: &Relation) -> Result<Option<Vec<Node>>> {
     ))
 }
 
-/// A constraint of the name the engine looks for, on one relation.
-#[derive(Clone, Debug)]
-pub struct FkState {
-    pub oid: u32,
-    pub relid: u32,
-    /// `None` when a constraint of that name exists but is not a foreign key.
-    pub shape: Option<FkShape>,
-    pub validated: bool,
-    /// The parent constraint's oid (`conparentid`), 0 if none.
-    pub parent: u32,
-}
-
-const FKS_NAMED: &str =
-    "SELECT k.oid, k.conrelid, k.contype = 'f', k.convalidated, k.conparentid, \
-       k.condeferrable, k.confdeltype::text, k.confupdtype::text, \
-       coalesce(rn.nspname::text, ''), coalesce(r.relname::text, ''), \
-       ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o) \
-             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o), \
-       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, o) \
-             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o) \
-     FROM pg_constraint k \
-     LEFT JOIN pg_class r ON r.oid = k.confrelid \
-     LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
-     WHERE k.conrelid = ANY($1) AND k.conname = $2";
-
-/// The constraints named `name` on any of `relids`, by relation oid.
-pub fn constraints_named(
-    c: &mut dyn Reader,
-    relids: &[u32],
-    name: &str,
-) -> Result<HashMap<u32, FkState>> {
-    let rows = c
-        .query(FKS_NAMED, &[&relids, &name])
-        .map_err(db_err("reading constraints"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let is_fk: bool = r.get(2);
-            let code = |i: usize| r.get::<_, String>(i).chars().next().unwrap_or('?');
-            let state = FkState {
-                oid: r.get(0),
-                relid: r.get(1),
-                shape: is_fk.then(|| FkShape {
-                    columns: r.get(10),
-                    references: Relation::new(r.get::<_, String>(8), r.get::<_, String>(9)),
-                    ref_columns: r.get(11),
-                    on_delete: code(6),
-                    on_update: code(7),
-                    deferrable: r.get(5),
-                }),
-                validated: r.get(3),
-                parent: r.get(4),
-            };
-            (state.relid, state)
-        })
-        .collect())
-}
-
-/// An index as the catalog holds it.
-#[derive(Clone, Debug)]
-pub struct IndexState {
-    pub oid: u32,
-    pub rel: Relation,
-    /// The table it is on.
-    pub table: u32,
-    /// `None` when it is not a plain btree on columns (expressions, a predicate, INCLUDE
-    /// columns, another access method): such an index never counts as a declared one.
-    pub shape: Option<IndexShape>,
-    pub valid: bool,
-    /// The index it is attached to (`pg_inherits`), 0 if none.
-    pub parent: u32,
-}
-
-const INDEXES: &str = "SELECT x.indexrelid, n.nspname::text, ic.relname::text, x.indrelid, \
-       x.indisunique, x.indisvalid, coalesce(inh.inhparent, 0::oid), \
-       am.amname = 'btree' AND x.indpred IS NULL AND x.indexprs IS NULL AND x.indnkeyatts = x.indnatts, \
-       ARRAY(SELECT a.attname::text FROM unnest(x.indkey::int2[]) WITH ORDINALITY u(n, o) \
-             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.n ORDER BY u.o) \
-     FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid \
-     JOIN pg_namespace n ON n.oid = ic.relnamespace JOIN pg_am am ON am.oid = ic.relam \
-     LEFT JOIN pg_inherits inh ON inh.inhrelid = x.indexrelid ";
-
-fn index_rows(rows: Vec<postgres::Row>) -> Vec<IndexState> {
-    rows.into_iter()
-        .map(|r| {
-            let plain: bool = r.get(7);
-            IndexState {
-                oid: r.get(0),
-                rel: Relation::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-                table: r.get(3),
-                shape: plain.then(|| IndexShape {
-                    columns: r.get(8),
-                    unique: r.get(4),
-                }),
-                valid: r.get(5),
-                parent: r.get(6),
-            }
-        })
-        .collect()
-}
-
-/// Every index on any of `tables`.
-pub fn indexes_on(c: &mut dyn Reader, tables: &[u32]) -> Result<Vec<IndexState>> {
-    let rows = c
-        .query(&format!("{INDEXES} WHERE x.indrelid = ANY($1)"), &[&tables])
-        .map_err(db_err("reading indexes"))?;
-    Ok(index_rows(rows))
-}
-
-/// The index named `rel`, if there is one.
-pub fn index_named(c: &mut dyn Reader, rel: &Relation) -> Result<Option<IndexState>> {
-    let rows = c
-        .query(
-            &format!("{INDEXES} WHERE n.nspname = $1 AND ic.relname = $2"),
-            &[&rel.schema.as_str(), &rel.name.as_str()],
-        )
-        .map_err(db_err("reading an index"))?;
-    Ok(index_rows(rows).into_iter().next())
-}
-
 /// Every relation name in each of `schemas`, for choosing names that are free.
 pub fn names_in(c: &mut dyn Reader, schemas: &[String]) -> Result<BTreeSet<(String, String)>> {
     Ok(c.query(
@@ -332,33 +213,6 @@ pub fn builds_in_progress(c: &mut dyn Reader, table: u32, index: u32) -> Result<
     .into_iter()
     .map(|r| r.get(0))
     .collect())
-}
-
-/// Where an index build is (`pg_stat_progress_create_index`).
-#[derive(Clone, Debug, Serialize)]
-pub struct BuildProgress {
-    pub phase: String,
-    pub blocks_done: i64,
-    pub blocks_total: i64,
-    pub tuples_done: i64,
-    pub tuples_total: i64,
-}
-
-/// The index build of backend `pid`, if it is building one.
-pub fn build_progress(c: &mut dyn Reader, pid: i32) -> Result<Option<BuildProgress>> {
-    Ok(c.query_opt(
-        "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total \
-             FROM pg_stat_progress_create_index WHERE pid = $1",
-        &[&pid],
-    )
-    .map_err(db_err("reading the progress of an index build"))?
-    .map(|r| BuildProgress {
-        phase: r.get(0),
-        blocks_done: r.get(1),
-        blocks_total: r.get(2),
-        tuples_done: r.get(3),
-        tuples_total: r.get(4),
-    }))
 }
 
 /// The columns of a table that an INSERT may name (generated columns are computed), in order.

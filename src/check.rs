@@ -1,17 +1,19 @@
 //! `check`: the spec's check_orphaned_data, for every declared rule and operation. Rows each
-//! pre-flight rule would refuse, the state of every declared constraint and index (by the
-//! engine's own planning, so `check` and `migrate` never disagree), and the partition layout.
-//! Read-only.
+//! pre-flight rule would refuse, the state of every operation the migration files declare (by
+//! the engine's own planning, so `check` and `migrate` never disagree), drift (a declared
+//! object of an applied version that is missing, invalid or of another shape), and the
+//! partition layout and windows. Read-only.
 
-use crate::catalog::Reader;
 use serde::Serialize;
 
-use crate::catalog;
+use crate::catalog::{self, Reader};
+use crate::embedded::{DECLARATIONS, MONTHLY, TABLES};
+use crate::engine::ops::{Operation, Rule};
 use crate::engine::partitions::{self, Window};
-use crate::engine::{self, Action, OpPlan};
+use crate::engine::{self, OpPlan};
 use crate::error::{Error, Result};
 use crate::findings::RuleCount;
-use crate::plan::{self, Op, PLANS};
+use crate::history;
 use crate::preflight;
 use crate::sql::Relation;
 
@@ -21,6 +23,10 @@ pub struct OpStatus {
     pub id: String,
     pub kind: String,
     pub table: String,
+    /// The version that declares it.
+    pub version: i64,
+    /// Whether that version is applied: then anything but `valid` is drift.
+    pub applied: bool,
     /// `valid`, `MISSING`, `NOT VALID`, `INVALID`, `INCOMPLETE` or `CONFLICT`.
     pub state: String,
     pub partitions: usize,
@@ -28,6 +34,13 @@ pub struct OpStatus {
     pub partitions_done: usize,
     /// Everything that differs from the declaration.
     pub problems: Vec<String>,
+}
+
+impl OpStatus {
+    /// A declared object of an applied version that is not in place as declared.
+    pub fn is_drift(&self) -> bool {
+        self.applied && self.state != "valid"
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -45,9 +58,11 @@ pub struct PartitionLayout {
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
     pub schema: String,
-    /// Rows whose tenant does not exist: messages, then api_logs.
+    /// Rows each declared pre-flight rule would refuse, in declaration order.
+    pub rules: Vec<RuleCount>,
+    /// Of those, rows whose tenant does not exist: messages, then api_logs.
     pub orphans: Vec<RuleCount>,
-    /// Messages whose tenant is not their conversation's.
+    /// Of those, messages whose tenant is not their conversation's.
     pub cross_tenant: Vec<RuleCount>,
     pub operations: Vec<OpStatus>,
     pub layout: Vec<PartitionLayout>,
@@ -99,10 +114,18 @@ impl CheckReport {
         out
     }
 
-    /// 3 when a key would refuse rows, else 5 when a window falls short, else 0.
+    /// The declared objects of applied versions that are not in place as declared.
+    pub fn drift(&self) -> Vec<&OpStatus> {
+        self.operations.iter().filter(|o| o.is_drift()).collect()
+    }
+
+    /// 3 when an operation would refuse rows, else 6 on drift, else 5 when a window falls
+    /// short, else 0.
     pub fn exit_code(&self) -> i32 {
         if self.orphan_total() > 0 {
             crate::error::exit::ORPHANS
+        } else if !self.drift().is_empty() {
+            crate::error::exit::DRIFT
         } else if !self.window_problems().is_empty() {
             crate::error::exit::WINDOW
         } else {
@@ -112,23 +135,15 @@ impl CheckReport {
 
     /// Rows any pre-flight rule would refuse.
     pub fn orphan_total(&self) -> i64 {
-        self.orphans
-            .iter()
-            .chain(&self.cross_tenant)
-            .map(|t| t.count)
-            .sum()
+        self.rules.iter().map(|t| t.count).sum()
     }
 
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for t in self.orphans.iter().chain(&self.cross_tenant) {
-            let label = if t.rule == plan::CROSS_TENANT_MESSAGES.id {
-                "cross-tenant"
-            } else {
-                "orphans"
-            };
+        for t in &self.rules {
             out.push(format!(
-                "{label:<12} {:<9} {:>10}{}",
+                "{:<12} {:<9} {:>10}{}",
+                t.label,
                 t.table,
                 t.count,
                 if t.sample_ids.is_empty() {
@@ -140,8 +155,18 @@ impl CheckReport {
         }
         for o in &self.operations {
             out.push(format!(
-                "{:<12} {:<13} {} {} ({} of {} partition(s) done)",
-                o.kind, o.table, o.id, o.state, o.partitions_done, o.partitions
+                "{:<12} {:<13} {} {} ({} of {} partition(s) done){}",
+                o.kind,
+                o.table,
+                o.id,
+                o.state,
+                o.partitions_done,
+                o.partitions,
+                if o.is_drift() {
+                    format!(": DRIFT (version {} is applied): `meta-chat-migrate migrate` restores it", o.version)
+                } else {
+                    String::new()
+                }
             ));
             for p in &o.problems {
                 out.push(format!("{:<12} {:<13} - {p}", "", o.table));
@@ -176,34 +201,6 @@ impl CheckReport {
     }
 }
 
-/// The state word of a planned operation.
-fn state(plan: &OpPlan) -> &'static str {
-    let has = |steps: &[engine::Step], a: Action| steps.iter().any(|s| s.action == a);
-    if !plan.conflicts.is_empty() {
-        "CONFLICT"
-    } else if plan.is_done() {
-        "valid"
-    } else if plan.leaves_done == 0 && (has(&plan.after, Action::Adopt) || plan.parent_not_valid) {
-        "MISSING"
-    } else if has(&plan.after, Action::ValidateParent) {
-        "NOT VALID"
-    } else if has(&plan.before, Action::CreateOnOnly) && plan.leaves_done == 0 {
-        "MISSING"
-    } else if plan
-        .items
-        .iter()
-        .flat_map(|i| &i.steps)
-        .any(|s| s.action == Action::DropInvalid)
-        && !plan.partitioned
-    {
-        "INVALID"
-    } else if !plan.partitioned {
-        "MISSING"
-    } else {
-        "INCOMPLETE"
-    }
-}
-
 /// What a planned operation still lacks, as lines.
 pub(crate) fn problems(plan: &OpPlan) -> Vec<String> {
     let mut out: Vec<String> = plan
@@ -235,13 +232,51 @@ pub(crate) fn problems(plan: &OpPlan) -> Vec<String> {
     out
 }
 
+/// Every declared rule, each once, in declaration order.
+fn declared_rules() -> Vec<&'static Rule> {
+    let mut out: Vec<&'static Rule> = Vec::new();
+    for d in DECLARATIONS {
+        for r in d.rules {
+            if !out.contains(r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The state of every declared operation, with whether its version is applied.
+fn operations(c: &mut dyn Reader, schema: &str) -> Result<Vec<OpStatus>> {
+    let status = history::status(c)?;
+    let declared: Vec<(i64, &'static dyn Operation)> = DECLARATIONS
+        .iter()
+        .flat_map(|d| d.ops().map(move |op| (d.version, op)))
+        .collect();
+    let ops: Vec<&'static dyn Operation> = declared.iter().map(|(_, op)| *op).collect();
+    Ok(engine::plan(c, schema, &ops)?
+        .iter()
+        .zip(&declared)
+        .map(|(p, (version, _))| OpStatus {
+            id: p.id.to_string(),
+            kind: p.kind.to_string(),
+            table: p.table.name.as_str().to_string(),
+            version: *version,
+            applied: status.is_applied(*version),
+            state: p.state().to_string(),
+            partitions: p.partitions,
+            partitions_done: p.leaves_done,
+            problems: problems(p),
+        })
+        .collect())
+}
+
 pub fn check(
     c: &mut dyn Reader,
     schema: &str,
     premake: u32,
     as_of: Option<&str>,
 ) -> Result<CheckReport> {
-    for t in plan::TABLES {
+    for t in TABLES {
         if !catalog::table_exists(c, &Relation::new(schema, t))? {
             return Err(Error::MissingTable {
                 table: format!("{schema}.{t}"),
@@ -249,38 +284,22 @@ pub fn check(
             });
         }
     }
+    let mut rules = Vec::new();
+    for rule in declared_rules() {
+        rules.push(preflight::count(c, rule, schema)?);
+    }
     let mut report = CheckReport {
         schema: schema.to_string(),
-        orphans: Vec::new(),
-        cross_tenant: Vec::new(),
-        operations: Vec::new(),
+        orphans: rules.iter().filter(|r| r.label == "orphans").cloned().collect(),
+        cross_tenant: rules.iter().filter(|r| r.label == "cross-tenant").cloned().collect(),
+        rules,
+        operations: operations(c, schema)?,
         layout: Vec::new(),
         windows: Vec::new(),
         helper_checks: Vec::new(),
         premake,
     };
-    for rule in [&plan::ORPHANED_MESSAGES, &plan::ORPHANED_API_LOGS] {
-        report.orphans.push(preflight::count(c, rule, schema)?);
-    }
-    report
-        .cross_tenant
-        .push(preflight::count(c, &plan::CROSS_TENANT_MESSAGES, schema)?);
-    let ops: Vec<Op> = PLANS
-        .iter()
-        .flat_map(|p| p.phases.iter().flat_map(|ops| ops.iter().copied()))
-        .collect();
-    for p in engine::plan(c, schema, &ops)? {
-        report.operations.push(OpStatus {
-            id: p.id.to_string(),
-            kind: p.kind.to_string(),
-            table: p.table.name.as_str().to_string(),
-            state: state(&p).to_string(),
-            partitions: p.partitions,
-            partitions_done: p.leaves_done,
-            problems: problems(&p),
-        });
-    }
-    for t in plan::MONTHLY {
+    for t in MONTHLY {
         let table = Relation::new(schema, t);
         let l = layout(c, &table)?;
         // A table not partitioned yet (a database before 20240520120000) has no window.

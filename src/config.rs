@@ -221,6 +221,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Parses a connection URL (or key=value string) as libpq reads it, into the driver's
 /// configuration and the TLS options. The error never repeats the user information or the
 /// password.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // fuzzed by tests/fuzz.rs
 pub fn parse_url(url: &str) -> Result<(postgres::Config, TlsOptions)> {
     connection(url).map(|c| (c.config, c.tls))
 }

@@ -87,7 +87,7 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
 }
 
 fn monthly_tables_partitioned(c: &mut postgres::Client, schema: &str) -> Result<bool> {
-    for t in crate::plan::MONTHLY {
+    for t in crate::embedded::MONTHLY {
         let rel = crate::sql::Relation::new(schema, t);
         if crate::catalog::relation(c, &rel)?.is_none_or(|r| r.kind != 'p') {
             return Ok(false);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::findings::Findings;
+use crate::findings::{Conflict, Findings, NotCreated};
 use crate::interrupt::Reason;
 
 /// Exit codes of `meta-chat-migrate` (also in `--help` and the README).
@@ -19,6 +19,9 @@ pub mod exit {
     /// `check`: a partition window reaches less than `--premake` months ahead, or a DEFAULT
     /// partition holds rows.
     pub const WINDOW: i32 = 5;
+    /// `check`: a declared object of an applied version is missing, invalid or of another
+    /// shape (`migrate` restores the first two online).
+    pub const DRIFT: i32 = 6;
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;
 }
@@ -121,7 +124,7 @@ pub enum Error {
     /// Objects of a declared name that are not what is declared; refused before any change.
     #[error("{}; drop or rename what is in the way, then run migrate again; nothing was changed", fmt_conflicts(.conflicts))]
     Conflict {
-        conflicts: Vec<crate::engine::Conflict>,
+        conflicts: Vec<Conflict>,
     },
 
     #[error("{step}: {cause}; rows that violate it appeared after the pre-flight: run migrate again (with --orphans archive or delete to clean them)")]
@@ -172,7 +175,7 @@ pub enum Error {
     /// Months of the partition window that a run did not create (the others were created).
     #[error("monthly partitions not created: {}; fix what is named, then run partitions again (the months not named here were created)", .not_created.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "))]
     PartitionsIncomplete {
-        not_created: Vec<crate::engine::partitions::NotCreated>,
+        not_created: Vec<NotCreated>,
     },
 
     /// The blocking task of [`crate::migrate_async`] did not return (its runtime shut down, or
@@ -194,7 +197,7 @@ fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
     }
 }
 
-fn fmt_conflicts(conflicts: &[crate::engine::Conflict]) -> String {
+fn fmt_conflicts(conflicts: &[Conflict]) -> String {
     conflicts
         .iter()
         .map(|c| format!("{} is {}, expected {}", c.object, c.found, c.expected))

@@ -1,6 +1,6 @@
-//! What a pre-flight found: rows that would violate a foreign key about to go on. Plain data,
-//! shared by `check`, `migrate --dry-run` and the refusal error, and depending on nothing else
-//! in the crate.
+//! Plain data that errors carry and reports show, depending on nothing else in the crate: what a
+//! pre-flight found (rows an operation about to go on would refuse), objects of a declared name
+//! that are not what is declared, and months a run did not create.
 
 use std::fmt;
 
@@ -14,6 +14,8 @@ pub const SAMPLE_SIZE: i64 = 10;
 pub struct RuleCount {
     /// The rule's stable id, e.g. `orphaned-messages`.
     pub rule: String,
+    /// What `check` calls it: `orphans`, `cross-tenant`.
+    pub label: String,
     pub table: String,
     /// What is wrong with the rows, after "N messages (sample ids: ...)": e.g. "reference no
     /// tenant".
@@ -52,5 +54,31 @@ impl fmt::Display for Findings {
             f,
             " nothing was changed; inspect them with `meta-chat-migrate check`, then rerun with --orphans archive (moves them to *_archive tables) or --orphans delete"
         )
+    }
+}
+
+/// Something of a declared name that is not what is declared.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Conflict {
+    pub object: String,
+    pub found: String,
+    pub expected: String,
+}
+
+/// A month, or a whole table's window, that a run does not create, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NotCreated {
+    pub table: String,
+    /// `None`: none of the table's months.
+    pub month: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for NotCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.month {
+            Some(m) => write!(f, "{} {m}: {}", self.table, self.reason),
+            None => write!(f, "{}: {}", self.table, self.reason),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! divergent (checksum differs) and unknown (applied, but not embedded here). Reading it never
 //! creates anything, so `status` is safe on any database.
 
-use postgres::Client;
+use crate::catalog::Reader;
 use refinery::Migration;
 use serde::Serialize;
 
@@ -82,7 +82,7 @@ struct AppliedRow {
 }
 
 /// Reads the history (if the table exists) and compares it with the embedded migrations.
-pub fn status(client: &mut Client) -> Result<Status> {
+pub fn status(client: &mut dyn Reader) -> Result<Status> {
     let exists: bool = client
         .query_one(HISTORY_EXISTS, &[])
         .map_err(|e| Error::db("looking for the migration history", e))?

@@ -12,46 +12,61 @@
 //! # Ok::<(), meta_chat_migrations::Error>(())
 //! ```
 //!
-//! Modules, one concept each: [`config`] (what a run is given), [`db`] (connections, the
-//! migration lock, `lock_timeout` and retries), [`embedded`] (the migrations), [`history`]
-//! (applied vs embedded), [`plan`] (what each version declares), [`engine`] (the online work),
-//! [`catalog`] (every catalog query), [`sql`] (identifiers and statements), [`preflight`]
-//! (rows a key would refuse), [`adopt`] (databases migrated by something else), [`sources`]
-//! (where the database comes from), [`tls`], [`migrate`], [`dryrun`], [`check`], [`verify`],
-//! [`interrupt`] and [`error`].
+//! The API is the functions below ([`migrate`], [`migrate_async`], [`plan`], [`status`],
+//! [`check`], [`verify`], [`partitions`]), [`Settings`], [`Error`], [`Interrupt`] and the
+//! reports they return. Inside, one module per concept: `config` (what a run is given), `db`
+//! (connections, the migration lock, `lock_timeout` and retries), `embedded` (the migrations and
+//! what they declare), `history` (applied vs embedded), `engine` (the online work: its operation
+//! kinds in `engine/ops/`, one file each, and the monthly partitions), `catalog` (the catalog
+//! facts every part shares), `sql` (identifiers and names), `preflight` (rows an operation
+//! would refuse), `adopt` (databases migrated by something else), `sources` (where the database
+//! comes from), `tls`, `migrate`, `dryrun`, `check`, `verify`, `partitions`, `interrupt`,
+//! `findings` (plain data errors and reports share) and `error`.
+#![warn(missing_docs)]
 
-pub mod adopt;
-pub(crate) mod blocking;
-pub mod catalog;
-pub mod check;
+/// The crate's modules: private, but public with the `internals` feature, which only the
+/// project's own tests and benchmarks turn on (a dev-dependency on itself) to reach what an
+/// application never needs.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            #[allow(missing_docs)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            mod $name;
+        )*
+    };
+}
+
+internal!(
+    adopt, blocking, catalog, check, config, conninfo, db, dryrun, embedded, engine, error,
+    findings, history, interrupt, migrate, partitions, pgpass, preflight, schema, sources, sql,
+    tls, verify,
+);
+
+/// The command line of `meta-chat-migrate` (the binary's, behind the default `cli` feature):
+/// not part of the library's API.
 #[cfg(feature = "cli")]
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod cli;
-pub mod config;
-pub(crate) mod conninfo;
-pub mod db;
-pub mod dryrun;
-pub mod embedded;
-pub mod engine;
-pub mod error;
-pub mod findings;
-pub mod history;
-pub mod interrupt;
-pub mod migrate;
-pub mod partitions;
-pub(crate) mod pgpass;
-pub mod plan;
-pub mod preflight;
-pub(crate) mod schema;
-pub mod sources;
-pub mod sql;
-pub mod tls;
-pub mod verify;
 
 pub use blocking::migrate_async;
-pub use config::{OrphanPolicy, Settings, DEFAULT_DATABASE_URL};
+pub use check::{CheckReport, OpStatus, PartitionLayout};
+pub use config::{DbTarget, OrphanPolicy, Settings, DEFAULT_DATABASE_URL};
+pub use dryrun::{BatchPlan, MigratePlan};
+pub use engine::partitions::{HelperCheck, MonthPlan, MonthRows, Window};
+pub use engine::{Item, OpPlan, OpReport, Step};
 pub use error::{exit, Error, Result};
+pub use findings::{Conflict, Findings, NotCreated, RuleCount};
+pub use history::{Entry, Status};
 pub use interrupt::{Interrupt, Reason};
 pub use migrate::MigrateReport;
+pub use partitions::{Created, Outside, PartitionsPlan, PartitionsReport};
+pub use preflight::Resolved;
+pub use verify::{Assertion, VerifyReport};
 
 /// Applies pending migrations online, then keeps the monthly partitions ahead (see the README).
 /// Blocking; safe to call from anywhere, also from inside a tokio runtime (the work then runs on
@@ -69,7 +84,7 @@ pub fn migrate_url(database_url: &str) -> Result<MigrateReport> {
 pub fn status(settings: &Settings) -> Result<history::Status> {
     blocking::off_runtime(|| {
         let mut conn = db::connect_with_wait(settings)?;
-        history::status(&mut conn)
+        history::status(conn.client())
     })
 }
 

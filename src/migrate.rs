@@ -20,7 +20,9 @@ use crate::embedded;
 use crate::engine::{self, OpReport};
 use crate::error::{Error, Result};
 use crate::history::{self, Entry, Status};
-use crate::plan::{self, Op, Rule, VersionPlan};
+use crate::catalog::Reader;
+use crate::embedded::DECLARATIONS;
+use crate::engine::ops::{self, Declaration, Operation, Rule};
 use crate::preflight::{self, Resolved};
 use crate::sql::Relation;
 
@@ -37,6 +39,12 @@ pub struct MigrateReport {
     pub applied: Vec<Entry>,
     pub orphans_resolved: Vec<Resolved>,
     pub online: Vec<OpReport>,
+    /// Declared objects of applied versions that were not in place (dropped, left invalid) and
+    /// were restored online before anything else.
+    pub restored: Vec<OpReport>,
+    /// Why drift found could not be restored (an object of another shape, rows it would refuse,
+    /// a lock not had): the run still succeeds, and `check` exits 6 (or 3) until it is fixed.
+    pub drift_error: Option<String>,
     /// The partition window, kept at the end of a run that leaves the latest version.
     pub partitions: Option<crate::partitions::PartitionsReport>,
     /// Why the months ahead were not created, when that failed after the migrations were
@@ -202,7 +210,7 @@ pub(crate) fn pending(
 /// Consecutive pending versions, grouped: a run of versions with online work, or one without.
 pub(crate) struct Batch {
     pub versions: Vec<Entry>,
-    pub plans: Vec<&'static VersionPlan>,
+    pub plans: Vec<&'static Declaration>,
 }
 
 impl Batch {
@@ -211,7 +219,7 @@ impl Batch {
     }
 
     /// The operations of phase `k` across the batch's versions.
-    pub fn phase(&self, k: usize) -> Vec<Op> {
+    pub fn phase(&self, k: usize) -> Vec<&'static dyn Operation> {
         self.plans
             .iter()
             .filter_map(|p| p.phases.get(k))
@@ -236,7 +244,7 @@ impl Batch {
             .chain(
                 self.plans
                     .iter()
-                    .flat_map(|p| p.rules.iter().map(|r| r.fk.references)),
+                    .flat_map(|p| p.rules.iter().filter_map(|r| r.op.references())),
             )
             .collect();
         t.sort();
@@ -248,7 +256,7 @@ impl Batch {
 pub(crate) fn batches(pending: &[Entry]) -> Vec<Batch> {
     let mut out: Vec<Batch> = Vec::new();
     for entry in pending {
-        let plan = plan::of(entry.version);
+        let plan = embedded::declaration(entry.version);
         match (out.last_mut(), plan) {
             (Some(b), Some(p)) if b.online() => {
                 b.versions.push(entry.clone());
@@ -285,7 +293,7 @@ pub(crate) fn rules_to_run(
             if catalog::relation(c, &rel)?.is_some_and(|r| r.kind != 'p') {
                 return Err(Error::Layout {
                     table: t.to_string(),
-                    detail: format!("it is not partitioned, but version {} expects the monthly partitions of {}", p.version, plan::PARTITIONED),
+                    detail: format!("it is not partitioned, but version {} expects the monthly partitions of {}", p.version, embedded::PARTITIONED),
                 });
             }
         }
@@ -298,8 +306,8 @@ pub(crate) fn rules_to_run(
             for rule in p.rules {
                 let fk_done = plans
                     .iter()
-                    .any(|op| op.op == Op::ForeignKey(rule.fk) && op.is_done());
-                let fk_here = plans.iter().any(|op| op.op == Op::ForeignKey(rule.fk));
+                    .any(|op| op.op.id() == rule.op.id() && op.is_done());
+                let fk_here = plans.iter().any(|op| op.op.id() == rule.op.id());
                 if fk_here && !fk_done && !rules.contains(rule) {
                     rules.push(*rule);
                 }
@@ -327,7 +335,6 @@ fn migrate_locked(
     let status = history::status(main.client())?;
     status.ensure_consistent()?;
     let (baseline, pending) = pending(settings, main.client(), &status)?;
-    let batches = batches(&pending);
     let mut report = MigrateReport {
         database,
         schema: settings.schema.clone(),
@@ -337,11 +344,113 @@ fn migrate_locked(
         applied: Vec::new(),
         orphans_resolved: Vec::new(),
         online: Vec::new(),
+        restored: Vec::new(),
+        drift_error: None,
         partitions: None,
         partitions_error: None,
     };
-    // Where the tables already exist, the first batch's checks and pre-flight come before any
-    // change (a refusal then changes nothing, not even a baseline).
+    restore_drift(settings, main, lock, &status, &mut report)?;
+    apply_pending(settings, main, lock, &pending, &mut report)?;
+    log::info!(
+        "database is at version {} ({} migration(s) applied)",
+        report.to.map_or("none".into(), |v| v.to_string()),
+        report.applied.len()
+    );
+    if report.to == Some(embedded::latest()) && !settings.skip_partitions {
+        keep_window(settings, main, lock, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// The declarations of applied versions with an operation not in place as declared (dropped,
+/// left invalid, of another shape), found with one query.
+pub(crate) fn drifted(
+    c: &mut dyn Reader,
+    schema: &str,
+    status: &Status,
+) -> Result<Vec<(&'static Declaration, Vec<&'static dyn Operation>)>> {
+    let applied: Vec<&'static Declaration> = DECLARATIONS
+        .iter()
+        .copied()
+        .filter(|d| status.is_applied(d.version))
+        .collect();
+    let ops: Vec<&'static dyn Operation> = applied.iter().flat_map(|d| d.ops()).collect();
+    let in_place = ops::in_place(c, schema, &ops)?;
+    Ok(applied
+        .into_iter()
+        .filter_map(|d| {
+            let missing: Vec<&'static dyn Operation> = d
+                .ops()
+                .filter(|op| {
+                    let i = ops.iter().position(|o| o.id() == op.id());
+                    i.is_none_or(|i| !in_place[i])
+                })
+                .collect();
+            (!missing.is_empty()).then_some((d, missing))
+        })
+        .collect())
+}
+
+/// Restores online, with the same engine and pre-flight as a pending version, what
+/// [`drifted`] finds. What cannot be restored (an object of another shape, rows the object
+/// would refuse, a lock not had) is a warning: the versions are applied, and `check` exits 6
+/// (or 3) until someone fixes it.
+fn restore_drift(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
+    status: &Status,
+    report: &mut MigrateReport,
+) -> Result<()> {
+    let drifted = drifted(main.client(), &settings.schema, status)?;
+    if drifted.is_empty() {
+        return Ok(());
+    }
+    for (d, ops) in &drifted {
+        for op in ops {
+            log::warn!(
+                "drift: {} {} on {} (version {}, applied) is not in place as declared: restoring it online",
+                op.kind(),
+                op.id(),
+                op.table(),
+                d.version
+            );
+        }
+    }
+    let batch = Batch {
+        versions: Vec::new(),
+        plans: drifted.iter().map(|(d, _)| *d).collect(),
+    };
+    match run_online(settings, main, lock, &batch) {
+        Ok((resolved, reports)) => {
+            report.orphans_resolved.extend(resolved);
+            for r in reports.iter().filter(|r| !r.actions.is_empty()) {
+                log::info!("drift: restored {} {} on {}", r.kind, r.id, r.table);
+            }
+            report.restored = reports;
+            Ok(())
+        }
+        Err(e) if matches!(e, Error::Interrupted { .. }) || settings.interrupt.reason().is_some() => {
+            Err(e)
+        }
+        Err(e) => {
+            log::warn!("drift: not restored: {e}; `check` exits 6 (or 3) until it is");
+            report.drift_error = Some(e.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// The pending versions: the first batch's checks and pre-flight before any change (a refusal
+/// then changes nothing, not even a baseline), the baseline, then each batch.
+fn apply_pending(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
+    pending: &[Entry],
+    report: &mut MigrateReport,
+) -> Result<()> {
+    let batches = batches(pending);
     let mut prechecked = false;
     if let Some(first) = batches.first().filter(|b| b.online()) {
         if tables_exist(main.client(), &settings.schema, first)? {
@@ -349,7 +458,7 @@ fn migrate_locked(
             prechecked = true;
         }
     }
-    if let Some(b) = baseline {
+    if let Some(b) = report.baseline {
         embedded::runner()
             .set_target(Target::FakeVersion(b))
             .run(main.client())
@@ -358,67 +467,70 @@ fn migrate_locked(
         report.to = Some(b);
     }
     for (i, batch) in batches.iter().enumerate() {
-        run_batch(
-            settings,
-            main,
-            lock,
-            batch,
-            i == 0 && prechecked,
-            &mut report,
-        )?;
-    }
-    log::info!(
-        "database is at version {} ({} migration(s) applied)",
-        report.to.map_or("none".into(), |v| v.to_string()),
-        report.applied.len()
-    );
-    if report.to == Some(embedded::latest()) && !settings.skip_partitions {
-        match crate::partitions::maintain(settings, main, lock.watch()) {
-            Ok(p) => {
-                if let Err(e) = p.clone().into_result() {
-                    log::warn!("the migrations are applied, but not every month ahead was created: {e} (check exits 5 until then)");
-                    report.partitions_error = Some(e.to_string());
-                }
-                report.partitions = Some(p);
+        if batch.online() {
+            if !(i == 0 && prechecked) {
+                let resolved = check_and_preflight(settings, main.client(), batch)?;
+                report.orphans_resolved.extend(resolved);
             }
-            Err(e @ Error::Interrupted { .. }) => return Err(e),
-            Err(e) if settings.interrupt.reason().is_some() => return Err(e),
-            Err(e) => {
-                log::warn!("the migrations are applied, but the monthly partitions ahead were not created: {e}; run `meta-chat-migrate partitions` (check exits 5 until then)");
-                report.partitions_error = Some(e.to_string());
-            }
+            report.online.extend(run_phases(settings, main, lock, batch)?);
+        }
+        let policy = LockPolicy::of(settings);
+        for entry in &batch.versions {
+            apply_one(main, lock.watch(), &policy, entry)?;
+            report.applied.push(entry.clone());
+            report.to = Some(entry.version);
         }
     }
-    Ok(report)
+    Ok(())
 }
 
-/// One batch: its checks and pre-flight (unless done already), its online phases, then each of
-/// its versions.
-fn run_batch(
+/// A batch's checks and pre-flight, then its online phases.
+fn run_online(
     settings: &Settings,
     main: &mut Conn,
     lock: &MigrationLock,
     batch: &Batch,
-    prechecked: bool,
+) -> Result<(Vec<Resolved>, Vec<OpReport>)> {
+    let resolved = check_and_preflight(settings, main.client(), batch)?;
+    Ok((resolved, run_phases(settings, main, lock, batch)?))
+}
+
+fn run_phases(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
+    batch: &Batch,
+) -> Result<Vec<OpReport>> {
+    let mut out = Vec::new();
+    for k in 0..batch.phases() {
+        let plans = engine::plan(main.client(), &settings.schema, &batch.phase(k))?;
+        out.extend(engine::run(settings, main, lock.watch(), plans)?);
+    }
+    Ok(out)
+}
+
+/// The monthly window, at the end of a run that leaves the latest version. Its failures are
+/// warnings (see [`MigrateReport::partitions_error`]), but an interruption stops the run.
+fn keep_window(
+    settings: &Settings,
+    main: &mut Conn,
+    lock: &MigrationLock,
     report: &mut MigrateReport,
 ) -> Result<()> {
-    if batch.online() {
-        if !prechecked {
-            let resolved = check_and_preflight(settings, main.client(), batch)?;
-            report.orphans_resolved.extend(resolved);
+    match crate::partitions::maintain(settings, main, lock.watch()) {
+        Ok(p) => {
+            if let Err(e) = p.clone().into_result() {
+                log::warn!("the migrations are applied, but not every month ahead was created: {e} (check exits 5 until then)");
+                report.partitions_error = Some(e.to_string());
+            }
+            report.partitions = Some(p);
         }
-        for k in 0..batch.phases() {
-            let plans = engine::plan(main.client(), &settings.schema, &batch.phase(k))?;
-            report
-                .online
-                .extend(engine::run(settings, main, lock.watch(), plans)?);
+        Err(e @ Error::Interrupted { .. }) => return Err(e),
+        Err(e) if settings.interrupt.reason().is_some() => return Err(e),
+        Err(e) => {
+            log::warn!("the migrations are applied, but the monthly partitions ahead were not created: {e}; run `meta-chat-migrate partitions` (check exits 5 until then)");
+            report.partitions_error = Some(e.to_string());
         }
-    }
-    let policy = LockPolicy::of(settings);
-    for entry in &batch.versions {
-        apply_one(main, lock.watch(), &policy, entry)?;
-        report.applied.push(entry.clone());
-        report.to = Some(entry.version);
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::db::{BlockerWatch, Conn, LockPolicy};
 use crate::engine::partitions::{self as months, MonthPlan, MonthRows, NotCreated, Window};
 use crate::engine::step::{Step, StepCtx};
 use crate::error::{Error, Result};
-use crate::plan::MONTHLY;
+use crate::embedded::MONTHLY;
 use crate::sql::Relation;
 
 /// Rows moved out of DEFAULT per second while a month is created, rounded down from `cargo

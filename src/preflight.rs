@@ -1,6 +1,6 @@
-//! Pre-flight rules (the spec's check_orphaned_data, generalised): rows that would violate a
-//! foreign key about to go on, counted with sample ids before anything changes, and what
-//! `--orphans` does with them.
+//! Pre-flight rules (the spec's check_orphaned_data, generalised): rows an operation about to go
+//! on would refuse (its kind says which: [`crate::engine::ops::Operation::refuses`]), counted
+//! with sample ids before anything changes, and what `--orphans` does with them.
 //!
 //! `refuse` changes nothing. `archive` and `delete` run in one transaction, and each rule moves
 //! its rows with a single statement (`DELETE ... RETURNING` / `UPDATE ... RETURNING` feeding
@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::OrphanPolicy;
 use crate::error::{Error, Result};
 use crate::findings::{Findings, RuleCount, SAMPLE_SIZE};
-use crate::plan::{Resolution, Rule};
+use crate::engine::ops::{Resolution, Rule};
 use crate::sql::{Ident, Relation};
 
 /// What `archive` or `delete` did for one rule.
@@ -32,24 +32,22 @@ pub struct Resolved {
 }
 
 /// The WHERE condition of `rule` for rows of `o`, excluding rows of the rules it comes after.
-/// Where the earlier rule's key columns are among this rule's (whose condition already requires
-/// them NOT NULL), "not a violation of the earlier key" is simply a match for it: a semi-join,
-/// which PostgreSQL plans far better than `NOT (... NOT EXISTS ...)` (6x on 3M messages).
+/// Where the earlier rule's checked columns are among this rule's (whose condition already
+/// requires them NOT NULL), "not refused by the earlier key" is simply a match for it: a
+/// semi-join, which PostgreSQL plans far better than `NOT (... NOT EXISTS ...)` (6x on 3M
+/// messages).
 fn condition(rule: &Rule, schema: &str) -> String {
-    let mut cond = rule.fk.violation_condition("o", schema);
+    let refused = |r: &Rule| r.op.refuses("o", schema).unwrap_or_else(|| "false".into());
+    let mut cond = refused(rule);
     for earlier in rule.after {
-        let covered = earlier
-            .fk
-            .columns
-            .iter()
-            .all(|c| rule.fk.columns.contains(c));
-        cond = if covered {
-            format!("{cond} AND {}", earlier.fk.match_condition("o", schema))
-        } else {
-            format!(
-                "{cond} AND NOT ({})",
-                earlier.fk.violation_condition("o", schema)
-            )
+        let checked = earlier.op.checked_columns();
+        let covered = !checked.is_empty()
+            && checked
+                .iter()
+                .all(|c| rule.op.checked_columns().contains(c));
+        cond = match earlier.op.accepts("o", schema) {
+            Some(accepted) if covered => format!("{cond} AND {accepted}"),
+            _ => format!("{cond} AND NOT ({})", refused(earlier)),
         };
     }
     cond
@@ -57,7 +55,7 @@ fn condition(rule: &Rule, schema: &str) -> String {
 
 /// Counts the rows of one rule, with up to ten sample ids. Read-only.
 pub fn count(c: &mut dyn Reader, rule: &Rule, schema: &str) -> Result<RuleCount> {
-    let table = Relation::new(schema, rule.fk.table);
+    let table = Relation::new(schema, rule.op.table());
     let cond = condition(rule, schema);
     let count: i64 = c
         .query_one(&format!("SELECT count(*) FROM {table} o WHERE {cond}"), &[])
@@ -77,7 +75,8 @@ pub fn count(c: &mut dyn Reader, rule: &Rule, schema: &str) -> Result<RuleCount>
     };
     Ok(RuleCount {
         rule: rule.id.to_string(),
-        table: rule.fk.table.to_string(),
+        label: rule.label.to_string(),
+        table: rule.op.table().to_string(),
         what: rule.what.to_string(),
         count,
         sample_ids,
@@ -121,7 +120,7 @@ pub fn run(
 
 /// The statements that resolve one rule's rows, and the archive they fill.
 fn statements(rule: &Rule, policy: OrphanPolicy, schema: &str) -> (Vec<String>, Option<String>) {
-    let table = Relation::new(schema, rule.fk.table);
+    let table = Relation::new(schema, rule.op.table());
     let cond = condition(rule, schema);
     match (rule.resolution, policy) {
         (Resolution::MoveRows { archive }, OrphanPolicy::Archive) => {
@@ -191,17 +190,17 @@ fn resolve(
             Some(a) => log::info!(
                 "{}: {verb} {rows} {} (recorded in {a})",
                 rule.id,
-                rule.fk.table
+                rule.op.table()
             ),
             None => log::warn!(
                 "{}: {verb} {rows} {} without archive (--orphans delete)",
                 rule.id,
-                rule.fk.table
+                rule.op.table()
             ),
         }
         done.push(Resolved {
             rule: rule.id.to_string(),
-            table: rule.fk.table.to_string(),
+            table: rule.op.table().to_string(),
             rows,
             archived_in,
         });

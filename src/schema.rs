@@ -7,7 +7,7 @@ use postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::history::HISTORY_TABLE;
-use crate::plan::TABLES;
+use crate::embedded::TABLES;
 
 const SCHEMA_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)";
 /// Per schema, which of the platform's tables and the history table it holds.

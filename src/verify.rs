@@ -19,10 +19,14 @@ use serde::Serialize;
 
 use crate::engine;
 use crate::error::{describe_pg_error, Error, Result};
-use crate::plan::{
-    Op, API_LOGS_TENANT_FK, API_LOGS_TENANT_IDX, CONVERSATIONS_ID_TENANT_KEY,
-    MESSAGES_CONVERSATION_TENANT_FK, MESSAGES_TENANT_FK, MESSAGES_TENANT_IDX, ORPHANED_MESSAGES,
+use crate::embedded::restore_api_logs_tenant_fk::{API_LOGS_TENANT_FK, API_LOGS_TENANT_IDX};
+use crate::embedded::restore_tenant_fk::{
+    MESSAGES_TENANT_FK, MESSAGES_TENANT_IDX, ORPHANED_MESSAGES,
 };
+use crate::embedded::tenant_consistent_messages::{
+    CONVERSATIONS_ID_TENANT_KEY, MESSAGES_CONVERSATION_TENANT_FK,
+};
+use crate::engine::ops::Operation;
 use crate::preflight;
 use crate::sql::{Ident, Relation};
 
@@ -199,14 +203,14 @@ fn assertions(tx: &mut Transaction<'_>, fx: &Fixture) -> Result<Vec<Outcome>> {
         Some(_) => outcome(test_cascade(tx, fx)),
         None => not_run("deleting a tenant"),
     });
-    let fk = [Op::ForeignKey(&MESSAGES_TENANT_FK)];
+    let fk: [&'static dyn Operation; 1] = [&MESSAGES_TENANT_FK];
     outcomes.push(catalog(
         tx,
         schema,
         &fk,
         "Constraint exists with correct definition",
     )?);
-    let idx = [Op::Index(&MESSAGES_TENANT_IDX)];
+    let idx: [&'static dyn Operation; 1] = [&MESSAGES_TENANT_IDX];
     outcomes.push(catalog(
         tx,
         schema,
@@ -219,14 +223,14 @@ fn assertions(tx: &mut Transaction<'_>, fx: &Fixture) -> Result<Vec<Outcome>> {
         Some(i) => outcome(test_cross_tenant_rejected(tx, fx, i)),
         None => not_run("a message in another tenant's conversation"),
     });
-    let fk = [Op::ForeignKey(&MESSAGES_CONVERSATION_TENANT_FK)];
+    let fk: [&'static dyn Operation; 1] = [&MESSAGES_CONVERSATION_TENANT_FK];
     outcomes.push(catalog(
         tx,
         schema,
         &fk,
         "messages_conversation_tenant_fkey validated and adopted on every partition",
     )?);
-    let idx = [Op::Index(&CONVERSATIONS_ID_TENANT_KEY)];
+    let idx: [&'static dyn Operation; 1] = [&CONVERSATIONS_ID_TENANT_KEY];
     outcomes.push(catalog(
         tx,
         schema,
@@ -237,7 +241,12 @@ fn assertions(tx: &mut Transaction<'_>, fx: &Fixture) -> Result<Vec<Outcome>> {
 }
 
 /// A catalog assertion: the declared operations are in place, exactly as declared.
-fn catalog(tx: &mut Transaction<'_>, schema: &str, ops: &[Op], ok: &str) -> Result<Outcome> {
+fn catalog(
+    tx: &mut Transaction<'_>,
+    schema: &str,
+    ops: &[&'static dyn Operation],
+    ok: &str,
+) -> Result<Outcome> {
     let mut problems = Vec::new();
     for plan in engine::plan(tx, schema, ops)? {
         problems.extend(crate::check::problems(&plan));
@@ -601,10 +610,7 @@ fn test_no_orphans(tx: &mut Transaction<'_>, schema: &str) -> Result<Outcome> {
 
 fn test_api_logs(tx: &mut Transaction<'_>, fx: &Fixture, sql: Option<&Inserts>) -> Result<Outcome> {
     let ok = "api_logs tenant FK constraint exists with ON DELETE SET NULL";
-    let ops = [
-        Op::ForeignKey(&API_LOGS_TENANT_FK),
-        Op::Index(&API_LOGS_TENANT_IDX),
-    ];
+    let ops: [&'static dyn Operation; 2] = [&API_LOGS_TENANT_FK, &API_LOGS_TENANT_IDX];
     let mut problems = match catalog(tx, &fx.schema, &ops, ok)? {
         Outcome::Failed(p) => vec![p],
         _ => Vec::new(),

@@ -176,7 +176,7 @@ fn it_never_waits_behind_a_running_migration() {
     holder
         .batch_execute("SET application_name = 'meta-chat-migrate'")
         .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
     holder
         .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
         .unwrap();

@@ -310,12 +310,13 @@ fn a_waiting_validation_names_the_pid_it_waits_for() {
 fn the_versioned_sql_alone_finishes_a_parent_left_not_valid() {
     let db = seeded_broken();
     let mut c = db.client();
-    let not_valid_on_parent =
-        c.batch_execute(&meta_chat_migrations::plan::MESSAGES_TENANT_FK.add_sql(
+    let not_valid_on_parent = c.batch_execute(
+        &meta_chat_migrations::embedded::restore_tenant_fk::MESSAGES_TENANT_FK.add_sql(
             &meta_chat_migrations::sql::Relation::new("public", "messages"),
             "public",
             true,
-        ));
+        ),
+    );
     if server_version(&mut c) < 180000 {
         let err = not_valid_on_parent.unwrap_err();
         let message = err.as_db_error().unwrap().message().to_string();

@@ -71,7 +71,7 @@ fn a_lock_left_on_a_pooled_server_connection_is_named() {
     let bouncer = PgBouncer::start("transaction");
     let url = format!("{}?application_name=meta-chat-migrate", bouncer.url(&db));
     let mut pooled = Client::connect(&url, NoTls).unwrap();
-    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
     pooled
         .simple_query(&format!("SELECT pg_advisory_lock({k1}, {k2})"))
         .unwrap();

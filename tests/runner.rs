@@ -129,7 +129,7 @@ fn a_waiting_runner_names_the_pid_holding_the_lock() {
     holder
         .batch_execute("SET application_name = 'meta-chat-migrate'")
         .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
     holder
         .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
         .unwrap();

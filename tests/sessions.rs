@@ -34,20 +34,26 @@ const NOT_VALID: &str = "ALTER TABLE {p} ADD CONSTRAINT messages_tenant_id_fkey 
 /// runner's VALIDATE of each waits until then, while no insert conflicts. Returns the releaser.
 /// The holders connect as the test server's admin, so that settings made for the database's
 /// owner role do not apply to them.
+/// A session that leaves `partition`'s copy of the key NOT VALID and holds SHARE UPDATE
+/// EXCLUSIVE on it, so that the runner's validation waits.
+fn hold(url: &str, partition: &str) -> Client {
+    let mut s = Client::connect(url, NoTls).unwrap();
+    s.batch_execute("SET statement_timeout = 0").unwrap();
+    s.batch_execute(&NOT_VALID.replace("{p}", partition))
+        .unwrap();
+    s.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {partition} IN SHARE UPDATE EXCLUSIVE MODE;"
+    ))
+    .unwrap();
+    s
+}
+
 fn hold_validations(db: &TestDb, holds: &[(&str, Duration)]) -> thread::JoinHandle<()> {
     let url = with_dbname(&admin_url(), &db.name);
-    let mut sessions = Vec::new();
-    for (partition, until) in holds {
-        let mut s = Client::connect(&url, NoTls).unwrap();
-        s.batch_execute("SET statement_timeout = 0").unwrap();
-        s.batch_execute(&NOT_VALID.replace("{p}", partition))
-            .unwrap();
-        s.batch_execute(&format!(
-            "BEGIN; LOCK TABLE {partition} IN SHARE UPDATE EXCLUSIVE MODE;"
-        ))
-        .unwrap();
-        sessions.push((s, *until));
-    }
+    let sessions: Vec<(Client, Duration)> = holds
+        .iter()
+        .map(|(p, until)| (hold(&url, p), *until))
+        .collect();
     let started = Instant::now();
     thread::spawn(move || {
         for (mut s, until) in sessions {
@@ -55,6 +61,39 @@ fn hold_validations(db: &TestDb, holds: &[(&str, Duration)]) -> thread::JoinHand
                 thread::sleep(rest);
             }
             s.batch_execute("COMMIT").unwrap();
+        }
+    })
+}
+
+/// Like [`hold_validations`], but each partition is released `each` after the runner starts
+/// waiting for it, whatever order its queue takes them in.
+fn hold_each_while_waited(
+    db: &TestDb,
+    partitions: &[&str],
+    each: Duration,
+) -> thread::JoinHandle<()> {
+    let url = with_dbname(&admin_url(), &db.name);
+    let mut held: Vec<(String, Client, Option<Instant>)> = partitions
+        .iter()
+        .map(|p| (p.to_string(), hold(&url, p), None))
+        .collect();
+    let mut watch = Client::connect(&url, NoTls).unwrap();
+    thread::spawn(move || {
+        while !held.is_empty() {
+            for (p, _, since) in held.iter_mut().filter(|h| h.2.is_none()) {
+                let waiting = count(&mut watch, &format!("SELECT count(*) FROM pg_locks WHERE relation = '{p}'::regclass AND NOT granted"));
+                if waiting > 0 {
+                    *since = Some(Instant::now());
+                }
+            }
+            held.retain_mut(|(_, s, since)| {
+                let due = since.is_some_and(|t| t.elapsed() >= each);
+                if due {
+                    s.batch_execute("COMMIT").unwrap();
+                }
+                !due
+            });
+            thread::sleep(Duration::from_millis(50));
         }
     })
 }
@@ -121,13 +160,10 @@ fn a_proxy_that_closes_idle_connections_does_not_cost_the_runner_its_lock() {
         ..ProxyOptions::default()
     });
     // Each wait is shorter than the proxy's limit; the whole restore is longer.
-    let releaser = hold_validations(
+    let releaser = hold_each_while_waited(
         &db,
-        &[
-            ("messages_2025_03", Duration::from_secs(2)),
-            ("messages_2025_09", Duration::from_secs(4)),
-            ("messages_2026_03", Duration::from_secs(6)),
-        ],
+        &["messages_2025_03", "messages_2025_09", "messages_2026_03"],
+        Duration::from_secs(2),
     );
     let started = Instant::now();
     let out = run_bin(&proxy.url(&db.url), &["migrate", "--jobs", "1"]);
@@ -155,7 +191,7 @@ fn a_proxy_that_closes_idle_connections_does_not_cost_the_runner_its_lock() {
 
 /// The pid holding the migration lock (key 1) in `db`, once there is one.
 fn lock_holder(db: &TestDb) -> i32 {
-    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
     let mut c = db.client();
     let mut pid = None;
     assert!(eventually(Duration::from_secs(30), || {
@@ -341,7 +377,7 @@ fn hold_the_lock(db: &TestDb, application_name: &str) -> (Client, i32) {
     let mut c = db.client();
     c.batch_execute(&format!("SET application_name = '{application_name}'"))
         .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::ADVISORY_LOCK_KEYS;
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
     c.execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
         .unwrap();
     let pid = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);

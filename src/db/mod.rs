@@ -28,7 +28,7 @@ use crate::error::{describe_pg_error, sqlstate, Error, Result};
 use crate::interrupt::Registration;
 use crate::tls;
 
-pub use lock::{BlockerWatch, MigrationLock, ADVISORY_LOCK_KEYS, WORK_LOCK_KEYS};
+pub use lock::{BlockerWatch, MigrationLock};
 pub use retry::LockPolicy;
 
 pub const APPLICATION_NAME: &str = "meta-chat-migrate";
@@ -66,11 +66,6 @@ impl DerefMut for Conn {
 impl Conn {
     pub fn pid(&self) -> i32 {
         self.pid
-    }
-
-    /// `server_version_num`, e.g. 150004.
-    pub fn server_version(&self) -> i32 {
-        self.server_version
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -357,14 +352,6 @@ pub fn ensure_writable(conn: &mut Conn, target: &DbTarget) -> Result<()> {
         target: target.to_string(),
         why: why.into(),
     })
-}
-
-/// The backend pid of a connection.
-pub fn backend_pid(client: &mut Client) -> Result<i32> {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .map(|r| r.get(0))
-        .map_err(|e| Error::db("reading backend pid", e))
 }
 
 /// Quotes an identifier for SQL: `"name"`, with inner quotes doubled.

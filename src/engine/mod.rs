@@ -1,15 +1,15 @@
-//! The online engine: versions declare operations ([`crate::plan`]); the engine plans each from
-//! the catalog (only what is not done), refuses conflicts before anything changes, runs the
-//! steps that must come first on the main connection, the per-partition items of all operations
-//! of a phase on one queue worked by `--jobs` connections, then the parent steps, and finally
-//! re-plans every operation to check that nothing is left. There is no progress table: a run
-//! killed at any point is finished by the next, which plans from what the catalog holds.
+//! The online engine: versions declare operations in their migration files ([`ops`]); the
+//! engine plans each from the catalog (only what is not done), refuses conflicts before anything
+//! changes, runs the steps that must come first on the main connection, the per-partition items
+//! of all operations of a phase on one queue worked by `--jobs` connections (largest partitions
+//! first, by the catalog's estimates), then the parent steps, and finally re-plans every
+//! operation to check that nothing is left. There is no progress table: a run killed at any
+//! point is finished by the next, which plans from what the catalog holds.
 //!
-//! Every statement goes through [`step::StepCtx::run`] and its two lock rules. Operation kinds:
-//! [`fk`] and [`index`], both written per relation.
+//! Every statement goes through [`step::StepCtx::run`] and its two lock rules. Operation kinds
+//! are one file each under [`ops`]; the monthly partitions are [`partitions`].
 
-pub(crate) mod fk;
-pub(crate) mod index;
+pub mod ops;
 pub mod partitions;
 pub(crate) mod pool;
 pub mod step;
@@ -26,18 +26,11 @@ use crate::catalog::{self, Caps, Node};
 use crate::config::Settings;
 use crate::db::{BlockerWatch, Conn, LockPolicy};
 use crate::error::{Error, Result};
-use crate::plan::Op;
-use crate::sql::{choose_name, IndexDef, Relation};
+use crate::sql::{choose_name, Relation};
+pub use crate::findings::Conflict;
+use ops::Operation;
 use step::StepCtx;
-pub use step::{Action, Step, StepId};
-
-/// Something of the declared name that is not what is declared.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Conflict {
-    pub object: String,
-    pub found: String,
-    pub expected: String,
-}
+pub use step::{Action, Step};
 
 /// One leaf (or plain table) and the steps it still needs.
 #[derive(Clone, Debug, Serialize)]
@@ -53,7 +46,7 @@ pub struct Item {
 #[derive(Clone, Debug, Serialize)]
 pub struct OpPlan {
     #[serde(skip)]
-    pub op: Op,
+    pub(crate) op: &'static dyn Operation,
     pub id: &'static str,
     pub kind: &'static str,
     pub table: Relation,
@@ -72,7 +65,7 @@ pub struct OpPlan {
 }
 
 impl OpPlan {
-    fn new(op: Op, nodes: &[Node]) -> OpPlan {
+    pub(crate) fn new(op: &'static dyn Operation, nodes: &[Node]) -> OpPlan {
         let leaves: Vec<&Node> = nodes.iter().filter(|n| n.is_leaf()).collect();
         OpPlan {
             op,
@@ -91,7 +84,7 @@ impl OpPlan {
         }
     }
 
-    fn push_item(&mut self, node: &Node, steps: Vec<Step>) {
+    pub(crate) fn push_item(&mut self, node: &Node, steps: Vec<Step>) {
         if steps.is_empty() {
             self.leaves_done += 1;
         } else {
@@ -101,6 +94,18 @@ impl OpPlan {
                 estimated_rows: node.estimated_rows,
                 steps,
             });
+        }
+    }
+
+    /// `valid`, `CONFLICT`, or what the kind calls what is left (`MISSING`, `NOT VALID`,
+    /// `INVALID`, `INCOMPLETE`).
+    pub fn state(&self) -> &'static str {
+        if !self.conflicts.is_empty() {
+            "CONFLICT"
+        } else if self.is_done() {
+            "valid"
+        } else {
+            self.op.state(self)
         }
     }
 
@@ -121,7 +126,7 @@ impl OpPlan {
 
 /// Planning state shared by the operations of one plan: the schema, what the server can do, and
 /// the relation names taken (including those this plan chose).
-pub(crate) struct Planner {
+pub struct Planner {
     pub schema: String,
     pub caps: Caps,
     taken: BTreeSet<(String, String)>,
@@ -153,11 +158,12 @@ impl Planner {
         Ok(())
     }
 
-    /// A free name for `ix` on `node`, chosen as PostgreSQL chooses it; `reuse` is a name this
-    /// plan frees first (an INVALID leftover it drops).
-    fn choose_index_name(
+    /// A free name on `node` from `base` (`(name1, name2, label)` of PostgreSQL's
+    /// `makeObjectName`), chosen as PostgreSQL chooses it; `reuse` is a name this plan frees
+    /// first (an INVALID leftover it drops).
+    pub(crate) fn choose_name(
         &mut self,
-        ix: &IndexDef,
+        base: (String, String, &'static str),
         node: &Node,
         reuse: Option<&Relation>,
     ) -> Relation {
@@ -165,7 +171,7 @@ impl Planner {
         if let Some(r) = reuse {
             return r.clone();
         }
-        let (table, columns, label) = ix.child_name_base(node.rel.name.as_str());
+        let (table, columns, label) = base;
         let name = choose_name(&table, &columns, label, |n| {
             self.taken.contains(&(schema.clone(), n.to_string()))
         });
@@ -175,21 +181,26 @@ impl Planner {
 }
 
 /// Plans one operation. Read-only.
-pub(crate) fn plan_op(c: &mut dyn Reader, planner: &mut Planner, op: Op) -> Result<OpPlan> {
+pub(crate) fn plan_op(
+    c: &mut dyn Reader,
+    planner: &mut Planner,
+    op: &'static dyn Operation,
+) -> Result<OpPlan> {
     let table = Relation::new(&planner.schema, op.table());
     let nodes = catalog::tree(c, &table)?.ok_or_else(|| Error::MissingTable {
         table: table.plain(),
         needed_by: op.id().to_string(),
     })?;
     planner.load_names(c, &nodes)?;
-    match op {
-        Op::ForeignKey(def) => fk::plan(c, planner, def, &nodes),
-        Op::Index(def) => index::plan(c, planner, def, &nodes),
-    }
+    op.plan(c, planner, &nodes)
 }
 
 /// Plans every operation of `ops` with one planner. Read-only.
-pub(crate) fn plan(c: &mut dyn Reader, schema: &str, ops: &[Op]) -> Result<Vec<OpPlan>> {
+pub(crate) fn plan(
+    c: &mut dyn Reader,
+    schema: &str,
+    ops: &[&'static dyn Operation],
+) -> Result<Vec<OpPlan>> {
     let mut planner = Planner::new(c, schema)?;
     ops.iter().map(|op| plan_op(c, &mut planner, *op)).collect()
 }
@@ -251,6 +262,8 @@ fn merge(plans: &[OpPlan]) -> Vec<Merged> {
                 .extend(item.steps.iter().map(|s| (p, s.clone())));
         }
     }
+    // Largest first; the sort is stable, so equal estimates keep the plans' order.
+    out.sort_by_key(|m| std::cmp::Reverse(m.estimated_rows));
     out
 }
 
@@ -440,7 +453,7 @@ fn finish(
     plans: &[OpPlan],
     counts: Vec<BTreeMap<String, usize>>,
 ) -> Result<Vec<OpReport>> {
-    let ops: Vec<Op> = plans.iter().map(|p| p.op).collect();
+    let ops: Vec<&'static dyn Operation> = plans.iter().map(|p| p.op).collect();
     let after = plan(main.client(), &settings.schema, &ops)?;
     for (before, now) in plans.iter().zip(&after) {
         if !now.is_done() {

@@ -53,6 +53,7 @@ use super::step::{Action, LockClaim, LockMode, Step};
 use crate::catalog;
 use crate::db::{quote_literal, retry::WOULD_DEADLOCK};
 use crate::error::{Error, Result};
+pub use crate::findings::NotCreated;
 use crate::sql::{Ident, Relation};
 use carry::Carry;
 pub use carry::Publication;
@@ -75,24 +76,6 @@ pub struct MonthPlan {
     /// Run when a step fails after the exclusion CHECK went on DEFAULT: it comes off again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cleanup: Vec<Step>,
-}
-
-/// A month, or a whole table's window, that a run does not create, and why.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct NotCreated {
-    pub table: String,
-    /// `None`: none of the table's months.
-    pub month: Option<String>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for NotCreated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.month {
-            Some(m) => write!(f, "{} {m}: {}", self.table, self.reason),
-            None => write!(f, "{}: {}", self.table, self.reason),
-        }
-    }
 }
 
 /// The CHECK of a new table's bounds while it is standalone; also how a leftover of this runner
