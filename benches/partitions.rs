@@ -9,13 +9,13 @@
 //!    (c) the runner's `partitions`.
 //! 2. Rows of the next month already in DEFAULT (`--moves`, default 100000 and 1000000), with a
 //!    third kind of writer inserting rows of that month (they land in DEFAULT until the month
-//!    is attached) and a fourth running application transactions that read a conversation and
-//!    then write a message (the kind a lock upgrade deadlocks with): (a) the runner; (b) its
-//!    previous form, whose upgrade to ACCESS EXCLUSIVE waits up to `--lock-timeout` instead of
-//!    stepping aside; (c) the same statements with ACCESS EXCLUSIVE taken first, for the whole
-//!    move; (d) pg_partman's `partition_data_time` on its tables. `CREATE TABLE ... PARTITION
-//!    OF` cannot do it at all (23514), which the output shows once. "failed app transactions"
-//!    counts the read-then-write transactions that failed (deadlock victims).
+//!    is attached) and a fourth running application transactions that read a conversation, or
+//!    update it, and then write a message (the kinds a move's later locks deadlock with), in
+//!    turn: (a) the runner; (b) the same statements with every lock waiting up to
+//!    `--lock-timeout` instead of giving way; (c) the same statements with ACCESS EXCLUSIVE taken
+//!    first, for the whole move; (d) pg_partman's `partition_data_time` on its tables. `CREATE
+//!    TABLE ... PARTITION OF` cannot do it at all (23514), which the output shows once. "failed
+//!    app transactions" counts those application transactions that failed (deadlock victims).
 //!
 //! Prints figures; asserts nothing.
 //!
@@ -314,6 +314,11 @@ fn worker(
             "SELECT id, \"createdAt\" FROM {schema}.messages WHERE \"conversationId\" = 'c' || $1::int8 ORDER BY \"createdAt\" DESC LIMIT 50"
         ))
         .unwrap();
+    let touch = c
+        .prepare(&format!(
+            "UPDATE {schema}.conversations SET \"tenantId\" = \"tenantId\" WHERE id = 'c' || $1::int8"
+        ))
+        .unwrap();
     let mut local = Vec::with_capacity(100_000);
     let mut i: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -322,7 +327,10 @@ fn worker(
         let started = Instant::now();
         let id = format!("{}-{w}-{i}", kind.app());
         let outcome = match kind {
-            Kind::ReadThenWrite => read_then_write(&mut c, &read, &msg, &id, conv),
+            Kind::ReadThenWrite => {
+                let first = if i % 2 == 0 { &read } else { &touch };
+                first_then_insert(&mut c, first, &msg, &id, conv)
+            }
             Kind::Reader => c.query(&read, &[&conv]).map(drop),
             Kind::Writer if i % 4 == 0 => c.execute(&log, &[&id, &conv]).map(drop),
             _ => c.execute(&msg, &[&id, &conv]).map(drop),
@@ -341,15 +349,17 @@ fn worker(
     samples.lock().unwrap().extend(local);
 }
 
-fn read_then_write(
+/// One application transaction: `first` (a read of the conversation's latest messages, or an
+/// update of the conversation), then a message inserted.
+fn first_then_insert(
     c: &mut Client,
-    read: &postgres::Statement,
+    first: &postgres::Statement,
     msg: &postgres::Statement,
     id: &str,
     conv: i64,
 ) -> Result<(), postgres::Error> {
     let mut tx = c.transaction()?;
-    tx.query(read, &[&conv])?;
+    tx.query(first, &[&conv])?;
     tx.execute(msg, &[&id, &conv])?;
     tx.commit()
 }
@@ -640,8 +650,8 @@ fn exclusive_move(url: &str) -> Result<(), String> {
     let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
     for s in plan.months.iter().flat_map(|m| &m.steps) {
         let mut tx = c.transaction().map_err(|e| db_error(&e))?;
-        for sql in s.on_deadlock.as_ref().unwrap_or(&s.statements) {
-            tx.batch_execute(sql)
+        for st in s.on_deadlock.as_ref().unwrap_or(&s.statements) {
+            tx.batch_execute(&st.sql)
                 .map_err(|e| format!("{}: {}", s.id.as_str(), db_error(&e)))?;
         }
         tx.commit().map_err(|e| db_error(&e))?;
@@ -649,8 +659,8 @@ fn exclusive_move(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// (b) of the move: the runner's previous form, whose upgrade to ACCESS EXCLUSIVE waits up to
-/// `--lock-timeout` (2 s) instead of stepping aside after 100 ms.
+/// (b) of the move: the runner's statements with every lock waiting up to `--lock-timeout` (2 s)
+/// instead of giving way after 100 ms to a transaction it would deadlock with.
 fn plain_upgrade_move(url: &str) -> Result<(), String> {
     let plan = meta_chat_migrations::partitions::plan(&settings(url)).map_err(|e| e.to_string())?;
     let mut c = Client::connect(url, NoTls).map_err(|e| e.to_string())?;
@@ -659,13 +669,8 @@ fn plain_upgrade_move(url: &str) -> Result<(), String> {
             let mut tx = c.transaction().map_err(|e| db_error(&e))?;
             tx.batch_execute("SET LOCAL lock_timeout = '2s'")
                 .map_err(|e| db_error(&e))?;
-            for sql in &s.statements {
-                let sql = if sql.starts_with("DO $mcm$") {
-                    format!("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE", m.table)
-                } else {
-                    sql.clone()
-                };
-                tx.batch_execute(&sql)
+            for st in &s.statements {
+                tx.batch_execute(&st.sql)
                     .map_err(|e| format!("{}: {}", s.id.as_str(), db_error(&e)))?;
             }
             tx.commit().map_err(|e| db_error(&e))?;
@@ -709,7 +714,7 @@ fn main() {
     let args = parse_args();
     let partman = partman_available();
     println!(
-        "# 2 writers into the current month, 2 readers of one conversation's latest 50 messages (moves add a writer of DEFAULT's month and a read-then-write transaction client); {} run(s) of each approach, interleaved; medians",
+        "# 2 writers into the current month, 2 readers of one conversation's latest 50 messages (moves add a writer of DEFAULT's month and a client of read-then-write and update-then-insert transactions); {} run(s) of each approach, interleaved; medians",
         args.repeat
     );
     if !partman {
@@ -747,7 +752,7 @@ fn main() {
         let moving = move_template(&tpl, rows, partman);
         println!(
             "# {rows} rows of one month in messages' DEFAULT; a third writer inserts rows of that month{}",
-            if rw { "; a fourth client runs read-then-write transactions" } else { "; no read-then-write transactions" }
+            if rw { "; a fourth client runs read-then-write and update-then-insert transactions" } else { "; no read-then-write transactions" }
         );
         let once = one_run(&moving, "public", true, &partition_of);
         println!(
@@ -761,7 +766,7 @@ fn main() {
                 work: Box::new(runner),
             },
             Approach {
-                label: "previous runner (plain upgrade)".into(),
+                label: "the same, every lock waiting up to --lock-timeout".into(),
                 schema: "public",
                 work: Box::new(plain_upgrade_move),
             },

@@ -2,7 +2,7 @@
 //! of its own, and tokio panics ("Cannot start a runtime from within a runtime") when that
 //! happens on a thread that is already inside a runtime: an application calling
 //! [`crate::migrate`] from an async task. So every public entry point goes through
-//! [`off_runtime`], which runs the work on a thread of its own in that case, and async
+//! `off_runtime`, which runs the work on a thread of its own in that case, and async
 //! applications get [`migrate_async`], which does not block their worker thread at all.
 
 use crate::error::{Error, Result};

@@ -20,8 +20,11 @@ use crate::sql::Relation;
 /// The state of one declared operation.
 #[derive(Clone, Debug, Serialize)]
 pub struct OpStatus {
+    /// The operation's stable id: the constraint or index name.
     pub id: String,
+    /// `foreign key`, `index`, `unique index` or `check`.
     pub kind: String,
+    /// The table it is on, without its schema.
     pub table: String,
     /// The version that declares it.
     pub version: i64,
@@ -29,6 +32,7 @@ pub struct OpStatus {
     pub applied: bool,
     /// `valid`, `MISSING`, `NOT VALID`, `INVALID`, `INCOMPLETE` or `CONFLICT`.
     pub state: String,
+    /// Leaf partitions of the table (1 for a table that is not partitioned).
     pub partitions: usize,
     /// Partitions (or the table) with nothing left to do.
     pub partitions_done: usize,
@@ -43,20 +47,30 @@ impl OpStatus {
     }
 }
 
+/// How one monthly table is partitioned, as the catalog holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionLayout {
+    /// The table, without its schema.
     pub table: String,
+    /// Whether it is partitioned; if not, it has no partitions and no DEFAULT partition.
     pub partitioned: bool,
+    /// Its direct partitions, the DEFAULT one included.
     pub partitions: usize,
+    /// The first of its ranged (not DEFAULT) partitions by name; `None` if it has none.
     pub first: Option<String>,
+    /// The last of its ranged (not DEFAULT) partitions by name; `None` if it has none.
     pub last: Option<String>,
+    /// The name of its DEFAULT partition; `None` if it has none.
     pub default_partition: Option<String>,
     /// Rows in the DEFAULT partition: rows outside every monthly range.
     pub default_rows: i64,
 }
 
+/// What `check` found: rows the pre-flight rules would refuse, the state of every declared
+/// operation, and the monthly tables' layout and windows.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
+    /// The schema checked.
     pub schema: String,
     /// Rows each declared pre-flight rule would refuse, in declaration order.
     pub rules: Vec<RuleCount>,
@@ -64,12 +78,15 @@ pub struct CheckReport {
     pub orphans: Vec<RuleCount>,
     /// Of those, messages whose tenant is not their conversation's.
     pub cross_tenant: Vec<RuleCount>,
+    /// Every operation the migration files declare, in declaration order.
     pub operations: Vec<OpStatus>,
+    /// Each monthly table's partitioning.
     pub layout: Vec<PartitionLayout>,
-    /// The months each monthly table covers, how far ahead, and what DEFAULT holds.
+    /// The months each monthly table covers, how far ahead, and what DEFAULT holds (partitioned
+    /// tables only).
     pub windows: Vec<Window>,
-    /// Helper CHECKs of the runner left behind: an exclusion CHECK on a DEFAULT partition refuses the application's inserts of its month. `partitions` drops
-    /// them.
+    /// Helper CHECKs of the runner left behind: an exclusion CHECK on a DEFAULT partition refuses
+    /// the application's inserts of its month. `partitions` drops them.
     pub helper_checks: Vec<partitions::HelperCheck>,
     /// The months a window must reach ahead (`--premake`).
     pub premake: u32,
@@ -138,6 +155,8 @@ impl CheckReport {
         self.rules.iter().map(|t| t.count).sum()
     }
 
+    /// The report as text, one line each, as `meta-chat-migrate check` prints it without
+    /// `--json`.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         for t in &self.rules {

@@ -92,7 +92,8 @@ pub struct WindowArgs {
     /// Months of partitions to keep ahead of the current one.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PREMAKE, value_parser = clap::value_parser!(u32).range(0..=120))]
     premake: u32,
-    /// Rows that may be moved out of DEFAULT partitions in one run (the move locks DEFAULT).
+    /// Rows that may be moved out of one table's DEFAULT partition in one run (writers of the
+    /// table wait for the move); above it, that table's months to move are not created.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MOVED_ROWS)]
     max_moved_rows: u64,
     /// The day the window starts from, instead of today (UTC), e.g. to rehearse with --dry-run.

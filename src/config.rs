@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_MOVED_ROWS: u64 = 100_000;
 pub const DEFAULT_SCHEMA: &str = "public";
 
 /// The local development default, used (with a warning) when no source names a database: see
-/// [`crate::sources`].
+/// `crate::sources`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
 
 /// Connections for the per-partition work of the online restore. Two: each job is one busy
@@ -58,6 +58,7 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many times a step that hit `lock_timeout` (SQLSTATE 55P03) is retried.
     pub lock_retries: u32,
+    /// What to do with rows a foreign key about to go on would refuse (`--orphans`).
     pub orphans: OrphanPolicy,
     /// Connections used for the per-partition work of the tenant FK restore.
     pub jobs: usize,
@@ -89,7 +90,7 @@ pub struct Settings {
 
 impl Settings {
     /// The documented defaults for `database_url`; the schema is the URL's Prisma `?schema=`
-    /// when it has one, else [`DEFAULT_SCHEMA`].
+    /// when it has one, else `DEFAULT_SCHEMA`.
     pub fn new(database_url: impl Into<String>) -> Settings {
         let database_url = database_url.into();
         let schema = url_schema(&database_url).unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
@@ -115,7 +116,7 @@ impl Settings {
 
     /// From the environment, as the command line reads it without flags: `DATABASE_URL`, else
     /// `DATABASE_URL_FILE`, else libpq's variables, else the development default (with a
-    /// warning); see [`crate::sources`]. Fails on an unreadable file or two sources of one level.
+    /// warning); see `crate::sources`. Fails on an unreadable file or two sources of one level.
     pub fn from_env() -> Result<Settings> {
         Ok(Settings::new(crate::sources::resolve(None, None)?.url))
     }
@@ -465,12 +466,16 @@ fn set_session_attrs(
 /// Where a run connects, safe to print: `host:port/database`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DbTarget {
+    /// The first host of the URL, or its Unix socket directory; `localhost` if none.
     pub host: String,
+    /// The first port of the URL; 5432 if none.
     pub port: u16,
+    /// The database name; the user name if none, else `postgres`.
     pub database: String,
 }
 
 impl DbTarget {
+    /// Where a driver configuration points (its first host and port).
     pub fn of(config: &postgres::Config) -> DbTarget {
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),

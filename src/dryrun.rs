@@ -3,7 +3,7 @@
 //! what is already done (a resumed run) and what remains, step by step with the lock each takes
 //! and whether `--lock-timeout` bounds it; and the rows each pre-flight rule would refuse.
 //!
-//! Then the partition work `migrate` does at the end ([`crate::partitions::plan_on`]): each month
+//! Then the partition work `migrate` does at the end (`crate::partitions::plan_on`): each month
 //! it would create, the rows it would move and the locks, or why it would not.
 //!
 //! It connects, reads and disconnects: no lock (so it never waits behind a running migration),
@@ -25,6 +25,7 @@ use crate::preflight;
 /// One batch of consecutive versions with online work, planned.
 #[derive(Clone, Debug, Serialize)]
 pub struct BatchPlan {
+    /// The versions of the batch, in order.
     pub versions: Vec<i64>,
     /// Rows each pre-flight rule would meet (refused under `--orphans refuse`).
     pub preflight: Vec<RuleCount>,
@@ -34,16 +35,26 @@ pub struct BatchPlan {
     pub not_planned: Option<String>,
 }
 
+/// What `migrate --dry-run` reports: what `migrate` would do, read from the catalog.
 #[derive(Clone, Debug, Serialize)]
 pub struct MigratePlan {
+    /// Where the run would connect.
     pub database: DbTarget,
+    /// The schema it would migrate.
     pub schema: String,
+    /// The version the database is at now; `None` if nothing is applied.
     pub current: Option<i64>,
+    /// The version `migrate` would record as applied without running (`--baseline`), if any.
     pub baseline: Option<i64>,
+    /// The versions `migrate` would apply, in order (after the baseline, up to `--target`).
     pub pending: Vec<Entry>,
+    /// The batches of pending versions with online work, in order.
     pub online: Vec<BatchPlan>,
+    /// `--lock-timeout`, in milliseconds: what bounds each bounded step.
     pub lock_timeout_ms: u128,
+    /// How many times a bounded step that hit the lock timeout would be retried.
     pub lock_retries: u32,
+    /// Connections that would work the per-partition items (`--jobs`).
     pub jobs: usize,
     /// The monthly partitions `migrate` would create at its end.
     pub partitions: Option<PartitionsPlan>,

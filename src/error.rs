@@ -9,10 +9,15 @@ use crate::interrupt::Reason;
 
 /// Exit codes of `meta-chat-migrate` (also in `--help` and the README).
 pub mod exit {
+    /// Success; for `check`, nothing to report.
     pub const SUCCESS: i32 = 0;
+    /// Any error without a code of its own (connection, database, lock, conflict...).
     pub const FAILURE: i32 = 1;
+    /// Invalid arguments: a flag, the URL or its source, or a version this build does not know.
     pub const USAGE: i32 = 2;
+    /// Rows that a foreign key about to go on would refuse (`--orphans refuse`, `check`).
     pub const ORPHANS: i32 = 3;
+    /// `verify`: an assertion failed or could not run.
     pub const VERIFY_FAILED: i32 = 4;
     /// Stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), as shells do.
     pub const SIGNAL_BASE: i32 = 128;
@@ -22,52 +27,80 @@ pub mod exit {
     /// `check`: a declared object of an applied version is missing, invalid or of another
     /// shape (`migrate` restores the first two online).
     pub const DRIFT: i32 = 6;
+    /// Stopped by SIGINT (128 + 2).
     pub const SIGINT: i32 = 130;
+    /// Stopped by SIGTERM (128 + 15).
     pub const SIGTERM: i32 = 143;
 }
 
+/// Everything that can stop a command: each message says what happened and how to go on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The database URL cannot be parsed, or one of its parameters is unknown or invalid.
     #[error("invalid database URL: {reason}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]")]
-    InvalidUrl { reason: String },
+    InvalidUrl {
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Where the database comes from is ambiguous or unreadable (two sources of one level, a
     /// `*_FILE` that cannot be read). Names flags, variables and paths, never their content.
     #[error("{reason}")]
-    Source { reason: String },
-
-    #[error("invalid value {value:?} for {what}: {reason}")]
-    Usage {
-        what: &'static str,
-        value: String,
+    Source {
+        /// What is ambiguous or unreadable, naming the sources.
         reason: String,
     },
 
+    /// A flag or setting has a value this runner cannot take.
+    #[error("invalid value {value:?} for {what}: {reason}")]
+    Usage {
+        /// The flag, e.g. `--jobs`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// No connection within `--wait` (`Settings::connect_wait`), or a failure that waiting
+    /// cannot cure (bad password, no such database).
     #[error("could not connect to {target} within {waited:?}: {cause}; {}", connect_advice(.sqlstate.as_deref(), .cause))]
     Connect {
+        /// Where it tried to connect (host, port and database; never user or password).
         target: String,
+        /// How long it kept trying.
         waited: Duration,
         /// The server's SQLSTATE, when it answered with one (bad password, no such database).
         sqlstate: Option<String>,
+        /// The last failure, on one line.
         cause: String,
     },
 
+    /// A statement or query failed.
     #[error("{context}: {cause}")]
     Database {
+        /// What the runner was doing, e.g. `reading the migration history`.
         context: String,
         /// The server's SQLSTATE, when the server sent one.
         sqlstate: Option<String>,
+        /// The server's or driver's message on one line, with SQLSTATE, detail and hint.
         cause: String,
     },
 
-    #[error("{step}: gave up after {attempts} attempts, each waiting {lock_timeout:?} for a lock{}; blocking pids: {}; end those sessions or retry when they finish (raise --lock-timeout or --lock-retries to wait longer)", fmt_deadlocks(*.deadlocks), fmt_pids(.blockers))]
+    /// A step did not get its locks in any of its attempts (lock timeouts, deadlocks, or giving
+    /// way to the application's transactions).
+    #[error("{step}: gave up after {attempts} attempts ({last}){}; blocking pids: {}; end those sessions or retry when they finish (raise --lock-timeout or --lock-retries to wait longer)", fmt_deadlocks(*.deadlocks), fmt_pids(.blockers))]
     LockTimeout {
+        /// The step: its id (`operation:schema.table:action`) or `migration V (name)`.
         step: String,
+        /// Attempts made: `--lock-retries` + 1.
         attempts: u32,
-        lock_timeout: Duration,
-        /// Attempts that ended in a deadlock (lost, or stopped before closing one).
+        /// Why the last attempt gave way.
+        last: String,
+        /// Attempts that ended in a deadlock, lost or avoided.
         deadlocks: u32,
+        /// Pids of the sessions seen blocking it; empty if none was seen.
         blockers: Vec<i32>,
     },
 
@@ -75,113 +108,220 @@ pub enum Error {
     #[error("{0}")]
     Orphans(Findings),
 
+    /// The history holds a version that this build does not embed.
     #[error("the database has applied migration {version} ({name}) that this build of meta-chat-migrations does not know; run a newer meta-chat-migrate (or the one that applied it)")]
-    UnknownVersion { version: i64, name: String },
+    UnknownVersion {
+        /// The unknown version.
+        version: i64,
+        /// Its name, as the history records it.
+        name: String,
+    },
 
+    /// An applied migration differs (checksum or name) from the one this build embeds.
     #[error("applied migration {version} ({name}) differs from the embedded one (checksum {applied_checksum} in the database, {embedded_checksum} embedded); applied migrations are history and must not be edited: restore the original file and fix forward with a new version")]
     Divergent {
+        /// The applied version.
         version: i64,
+        /// Its name, as the history records it.
         name: String,
+        /// The checksum recorded in the history.
         applied_checksum: String,
+        /// The checksum of the embedded migration.
         embedded_checksum: u64,
     },
 
+    /// `--target` or `--baseline` names a version this build does not embed.
     #[error("{flag} {version} is not a migration of this build; known versions: {known}")]
     UnknownVersionArg {
+        /// `--target` or `--baseline`.
         flag: &'static str,
+        /// The version given.
         version: i64,
+        /// The versions this build embeds, comma-separated.
         known: String,
     },
 
+    /// The database has the platform's tables but no migration history, and no
+    /// `--baseline` was given.
     #[error(
         "this database has the platform's schema but no migration history ({found}); {advice}"
     )]
-    NeedsBaseline { found: String, advice: String },
+    NeedsBaseline {
+        /// What the database holds: the platform's tables, their keys, Prisma's history.
+        found: String,
+        /// The `--baseline` that matches it, or what to do when none does.
+        advice: String,
+    },
 
+    /// The database does not match the version given to `--baseline`.
     #[error("--baseline {version} does not match this database: {reason} (found {found}); nothing was changed")]
     BaselineMismatch {
+        /// The version given to `--baseline`.
         version: i64,
+        /// What differs from that version.
         reason: String,
+        /// What the database holds: the platform's tables, their keys, Prisma's history.
         found: String,
     },
 
+    /// `--baseline` on a database that already has a history, or has none of the
+    /// platform's tables.
     #[error("--baseline {version}: {detail}")]
-    BaselineNotApplicable { version: i64, detail: String },
+    BaselineNotApplicable {
+        /// The version given to `--baseline`.
+        version: i64,
+        /// Why it does not apply.
+        detail: String,
+    },
 
+    /// A version is pending while a later one is applied.
     #[error("the migration history is not in the state the runner expects: version {version} ({name}) is not applied but the later version {later} is; restore the history table or apply it by hand")]
     HistoryGap {
+        /// The version not applied.
         version: i64,
+        /// Its name.
         name: String,
+        /// The current version, later than it.
         later: i64,
     },
 
+    /// A table is not in the state the runner expects (not partitioned, partitions that
+    /// are not whole months, ...).
     #[error("table {table} is not in the state the runner expects: {detail}; nothing was changed")]
-    Layout { table: String, detail: String },
+    Layout {
+        /// The table concerned.
+        table: String,
+        /// What is wrong with it.
+        detail: String,
+    },
 
+    /// A table that a command or an operation needs does not exist.
     #[error("table {table} does not exist, but {needed_by} needs it: run `meta-chat-migrate migrate` (or check --schema)")]
-    MissingTable { table: String, needed_by: String },
+    MissingTable {
+        /// The table, as `schema.name`.
+        table: String,
+        /// What needs it: an operation's id, `check` or the partition window.
+        needed_by: String,
+    },
 
     /// Objects of a declared name that are not what is declared; refused before any change.
     #[error("{}; drop or rename what is in the way, then run migrate again; nothing was changed", fmt_conflicts(.conflicts))]
     Conflict {
+        /// Every object in the way.
         conflicts: Vec<Conflict>,
     },
 
+    /// A validation met violating rows that appeared after the pre-flight counted.
     #[error("{step}: {cause}; rows that violate it appeared after the pre-flight: run migrate again (with --orphans archive or delete to clean them)")]
-    NewViolations { step: String, cause: String },
+    NewViolations {
+        /// The validation step's id.
+        step: String,
+        /// The server's error.
+        cause: String,
+    },
 
+    /// An operation is not in place once its run is over (e.g. a partition added during it).
     #[error("{op} is not in place after the run (left: {}); a partition was probably added during the run: run migrate again", .remaining.join(", "))]
-    NotInPlace { op: String, remaining: Vec<String> },
+    NotInPlace {
+        /// The operation's id.
+        op: String,
+        /// Up to five steps or conflicts left.
+        remaining: Vec<String>,
+    },
 
+    /// Some `verify` assertions failed or could not run (after the report).
     #[error("{failed} of {total} validation assertions failed or could not run: {names}")]
     VerifyFailed {
+        /// How many assertions failed or could not run.
         failed: usize,
+        /// How many assertions there are.
         total: usize,
+        /// Which ones: `TEST n`, comma-separated.
         names: String,
     },
 
+    /// An error of refinery with no database error behind it.
     #[error("refinery: {0}")]
     Refinery(String),
 
     /// The run was stopped: by a signal, by the application, or because the connection holding
     /// the migration lock was lost.
     #[error("{}", interrupted_message(.reason))]
-    Interrupted { reason: Reason },
+    Interrupted {
+        /// Why it was stopped.
+        reason: Reason,
+    },
 
+    /// The database cannot be written: a standby in recovery, or sessions that start
+    /// read-only.
     #[error("{target} is read-only: {why}; nothing was changed")]
-    ReadOnly { target: String, why: String },
-
-    #[error("{target} is reached through a connection pooler in transaction or statement mode ({evidence}); a migration needs a session of its own for its advisory lock and settings: use a direct URL or a session-pooled one (PgBouncer pool_mode = session; Prisma: the directUrl); nothing was changed")]
-    TransactionPooler { target: String, evidence: String },
-
-    #[error("the migration lock of this database is held by {holder}; gave up after waiting {}s ({why}); nothing was changed", .waited.as_secs())]
-    LockWait {
-        holder: String,
-        waited: Duration,
+    ReadOnly {
+        /// Where the run connected.
+        target: String,
+        /// Which of the two, and what to do.
         why: String,
     },
 
-    #[error("schema {schema}: {detail}; nothing was changed")]
-    Schema { schema: String, detail: String },
+    /// The URL reaches the server through a pooler in transaction or statement mode.
+    #[error("{target} is reached through a connection pooler in transaction or statement mode ({evidence}); a migration needs a session of its own for its advisory lock and settings: use a direct URL or a session-pooled one (PgBouncer pool_mode = session; Prisma: the directUrl); nothing was changed")]
+    TransactionPooler {
+        /// Where the run connected.
+        target: String,
+        /// What showed it, e.g. two connections served by one server process.
+        evidence: String,
+    },
 
-    #[error("moving {total} rows out of DEFAULT partitions ({months}) would make every write into the table, its tenants and conversations wait for about {seconds:.1}s (reads go on), then hold ACCESS EXCLUSIVE on DEFAULT while the attach scans it: that is above --max-moved-rows {limit}; nothing was changed: rerun at a quiet time with a --max-moved-rows above {total} (rows of a month that has begun keep arriving) to accept that wait")]
+    /// Gave up waiting for the migration lock, which another session holds.
+    #[error("the migration lock of this database is held by {holder}; gave up after waiting {}s ({why}); nothing was changed", .waited.as_secs())]
+    LockWait {
+        /// The session holding it: its pid and, where visible, application and state.
+        holder: String,
+        /// How long this run waited.
+        waited: Duration,
+        /// Why it gave up: `--lock-wait` elapsed, a holder that is not a runner, or sessions
+        /// that did not end.
+        why: String,
+    },
+
+    /// The schema to migrate does not exist, or the platform lives in another schema.
+    #[error("schema {schema}: {detail}; nothing was changed")]
+    Schema {
+        /// The schema the run was given (`--schema`).
+        schema: String,
+        /// What is wrong, and which schema holds the platform if another does.
+        detail: String,
+    },
+
+    /// Creating the months ahead would move more rows out of DEFAULT partitions
+    /// than `--max-moved-rows`.
+    #[error("moving {total} rows out of the DEFAULT partition of {table} ({months}) would make every write into it wait for about {} (and every read too where transactions read it and then write it), then every read for the attach: that is above --max-moved-rows {limit}, so those months are not created: rerun at a quiet time with a --max-moved-rows above {total} (rows of a month that has begun keep arriving) to accept that wait", fmt_wait(*.seconds))]
     TooManyRowsToMove {
+        /// The table whose months they are.
+        table: String,
+        /// The months and their rows.
         months: String,
+        /// Rows in all.
         total: i64,
+        /// `--max-moved-rows`.
         limit: u64,
+        /// The estimated wait, in seconds.
         seconds: f64,
     },
 
     /// Months of the partition window that a run did not create (the others were created).
     #[error("monthly partitions not created: {}; fix what is named, then run partitions again (the months not named here were created)", .not_created.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; "))]
     PartitionsIncomplete {
+        /// The months (or whole tables) not created, and why.
         not_created: Vec<NotCreated>,
     },
 
     /// The blocking task of [`crate::migrate_async`] did not return (its runtime shut down, or
     /// it panicked).
     #[error("the migration task did not finish: {cause}; run migrate again")]
-    Task { cause: String },
+    Task {
+        /// Why it did not return, as the runtime reports it.
+        cause: String,
+    },
 }
 
 fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
@@ -212,10 +352,19 @@ fn interrupted_message(reason: &Reason) -> String {
     }
 }
 
+/// A wait of a second or more in seconds with one decimal, a shorter one in milliseconds.
+fn fmt_wait(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.1} s")
+    } else {
+        format!("{:.0} ms", (seconds * 1000.0).max(1.0))
+    }
+}
+
 fn fmt_deadlocks(n: u32) -> String {
     match n {
         0 => String::new(),
-        n => format!(" ({n} of them ended in a deadlock with application transactions)"),
+        n => format!("; {n} of them stopped by a deadlock, lost or avoided"),
     }
 }
 
@@ -231,6 +380,7 @@ fn fmt_pids(pids: &[i32]) -> String {
 }
 
 impl Error {
+    /// The code `meta-chat-migrate` exits with for this error (see [`exit`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidUrl { .. }
@@ -382,4 +532,5 @@ impl From<refinery::Error> for Error {
     }
 }
 
+/// The crate's `Result`: its error is [`Error`] unless another is named.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

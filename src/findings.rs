@@ -16,10 +16,12 @@ pub struct RuleCount {
     pub rule: String,
     /// What `check` calls it: `orphans`, `cross-tenant`.
     pub label: String,
+    /// The table the rows are in, without its schema, e.g. `messages`.
     pub table: String,
     /// What is wrong with the rows, after "N messages (sample ids: ...)": e.g. "reference no
     /// tenant".
     pub what: String,
+    /// How many rows the rule found; 0 when there are none.
     pub count: i64,
     /// Up to ten ids of such rows.
     pub sample_ids: Vec<String>,
@@ -28,10 +30,12 @@ pub struct RuleCount {
 /// The refusal of `--orphans refuse`: every rule that found rows.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Findings {
+    /// One count per rule, in the order the rules run (rules that found nothing included).
     pub rules: Vec<RuleCount>,
 }
 
 impl Findings {
+    /// The rows found by all rules together.
     pub fn total(&self) -> i64 {
         self.rules.iter().map(|r| r.count).sum()
     }
@@ -60,17 +64,22 @@ impl fmt::Display for Findings {
 /// Something of a declared name that is not what is declared.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Conflict {
+    /// The object, e.g. `constraint fk_x on public.messages` or `index public.ix_y`.
     pub object: String,
+    /// What the database has under that name, e.g. `NOT VALID` or another definition.
     pub found: String,
+    /// What the migration declares under that name.
     pub expected: String,
 }
 
 /// A month, or a whole table's window, that a run does not create, and why.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct NotCreated {
+    /// The partitioned table, as `schema.name`.
     pub table: String,
-    /// `None`: none of the table's months.
+    /// The month, as `YYYY-MM`; `None`: none of the table's months.
     pub month: Option<String>,
+    /// Why it was not created: the refusal or the error, in words.
     pub reason: String,
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::embedded;
 use crate::error::{Error, Result};
 
+/// The name of refinery's history table, which lives in the schema a run migrates.
 pub const HISTORY_TABLE: &str = "refinery_schema_history";
 
 const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS NOT NULL";
@@ -17,9 +18,12 @@ const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history') IS N
 const APPLIED_ROWS: &str = "SELECT version::int8, name::text, applied_on::text, checksum::text \
      FROM refinery_schema_history ORDER BY version";
 
+/// One migration version, as the history records it or (when pending) as this build embeds it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Entry {
+    /// The migration's version number (the `V<n>` of its file name).
     pub version: i64,
+    /// The migration's name (from its file name), as recorded in the history or embedded.
     pub name: String,
     /// When it was applied (as refinery recorded it); `None` for pending ones.
     pub applied_on: Option<String>,
@@ -28,11 +32,14 @@ pub struct Entry {
     pub checksum: Option<String>,
 }
 
+/// What `status` reports: the history compared with the migrations this build embeds.
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct Status {
     /// Whether refinery's history table exists at all.
     pub history_table: bool,
+    /// Versions in the history that this build embeds, by version (divergent ones included).
     pub applied: Vec<Entry>,
+    /// Embedded versions not in the history yet: what `migrate` would apply.
     pub pending: Vec<Entry>,
     /// Applied, but with a checksum that differs from the embedded migration.
     pub divergent: Vec<Entry>,
@@ -65,10 +72,12 @@ impl Status {
         Ok(())
     }
 
+    /// Whether `version` is in the history and embedded in this build.
     pub fn is_applied(&self, version: i64) -> bool {
         self.applied.iter().any(|e| e.version == version)
     }
 
+    /// The highest applied version; `None` if nothing is applied (or no history table).
     pub fn current(&self) -> Option<i64> {
         self.applied.last().map(|e| e.version)
     }

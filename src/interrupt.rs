@@ -4,11 +4,11 @@
 //! queued behind a lock), and a rerun then races them. So every connection of a run registers
 //! its cancel token here, and [`Interrupt::trigger`] sends the server a cancel request for each
 //! of them; every wait of the runner (backoff, lock polling, waiting for the server) sleeps
-//! through [`Interrupt::sleep`], which wakes at once.
+//! through `Interrupt::sleep`, which wakes at once.
 //!
 //! A cancel request that reaches a backend between two statements is ignored by the server, so
 //! the cancels are sent again a few times over the first second, and no new statement starts once
-//! the interrupt is triggered (every execution point checks [`Interrupt::check`]).
+//! the interrupt is triggered (every execution point checks `Interrupt::check`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,7 +21,12 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// A signal; the number gives the process's exit code (128 + signal).
-    Signal { name: &'static str, number: i32 },
+    Signal {
+        /// The signal's name, e.g. `SIGTERM`.
+        name: &'static str,
+        /// The signal's number, e.g. 15 for SIGTERM.
+        number: i32,
+    },
     /// The connection that held the migration lock was lost: another runner may take it now.
     LockLost(String),
     /// [`Interrupt::trigger`] called by the embedding application.
@@ -64,6 +69,7 @@ const CANCEL_AGAIN_AFTER: [Duration; 3] = [
 ];
 
 impl Interrupt {
+    /// A handle not triggered yet, with no connection registered.
     pub fn new() -> Interrupt {
         Interrupt::default()
     }
@@ -108,6 +114,7 @@ impl Interrupt {
         }
     }
 
+    /// Why the run was stopped (the first trigger's reason); `None` while not triggered.
     pub fn reason(&self) -> Option<Reason> {
         self.0.state.lock().unwrap().reason.clone()
     }

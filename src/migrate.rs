@@ -26,9 +26,12 @@ use crate::engine::ops::{self, Declaration, Operation, Rule};
 use crate::preflight::{self, Resolved};
 use crate::sql::Relation;
 
+/// What a `migrate` run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct MigrateReport {
+    /// Where the run connected.
     pub database: DbTarget,
+    /// The schema it migrated.
     pub schema: String,
     /// The version the database was at before this run.
     pub from: Option<i64>,
@@ -36,8 +39,12 @@ pub struct MigrateReport {
     pub to: Option<i64>,
     /// The version recorded as applied without running (`--baseline`), if any.
     pub baseline: Option<i64>,
+    /// The versions this run applied, in order (not those recorded by `--baseline`).
     pub applied: Vec<Entry>,
+    /// What `--orphans archive` or `delete` did before the foreign keys went on; empty if
+    /// there was nothing to resolve.
     pub orphans_resolved: Vec<Resolved>,
+    /// The online operations of the pending versions, in the order they ran.
     pub online: Vec<OpReport>,
     /// Declared objects of applied versions that were not in place (dropped, left invalid) and
     /// were restored online before anything else.

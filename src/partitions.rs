@@ -4,21 +4,21 @@
 //! every `migrate` that leaves the database at the latest version and alone (to run daily).
 //!
 //! Rows already in DEFAULT for a month being created move into it as part of creating it; their
-//! total is bounded by `--max-moved-rows` (the move holds DEFAULT's lock). Rows in DEFAULT
-//! outside the window (before the first partition, or beyond the window) are reported and left
-//! where they are.
+//! total per table is bounded by `--max-moved-rows` (writers of the table wait for the move):
+//! above it, that table's months to move are not created. Rows in DEFAULT outside the window
+//! (before the first partition, or beyond the window) are reported and left where they are.
 //!
 //! One table's trouble never stops another's window: a table that cannot be planned, a month
-//! that is refused, and a month whose steps fail (the table stops there, and an exclusion CHECK
-//! it got comes off again) are reported in [`PartitionsReport::not_created`], and the other
-//! tables' months are created.
+//! that is refused, and a month whose steps fail (the table stops there, and what the month made
+//! comes off again: `clean_up`, retried at the end of the run) are reported in
+//! [`PartitionsReport::not_created`], and the other tables' months are created.
 
 use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
 use crate::db::{BlockerWatch, Conn, LockPolicy};
 use crate::engine::partitions::{self as months, MonthPlan, MonthRows, NotCreated, Window};
-use crate::engine::step::{Step, StepCtx};
+use crate::engine::step::{Action, Step, StepCtx};
 use crate::error::{Error, Result};
 use crate::embedded::MONTHLY;
 use crate::sql::Relation;
@@ -32,26 +32,37 @@ pub(crate) const MOVED_ROWS_PER_SECOND: f64 = 90_000.0;
 /// A month created.
 #[derive(Clone, Debug, Serialize)]
 pub struct Created {
+    /// The partitioned table, `schema.table`.
     pub table: String,
+    /// `YYYY-MM`.
     pub month: String,
+    /// The new partition, `schema.table_YYYY_MM`.
     pub partition: String,
+    /// Rows of the month moved out of DEFAULT into it.
     pub rows_moved: i64,
 }
 
 /// Rows left in DEFAULT outside the window.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outside {
+    /// The partitioned table, `schema.table`.
     pub table: String,
+    /// `YYYY-MM`.
     pub month: String,
+    /// Rows of that month in DEFAULT.
     pub rows: i64,
 }
 
+/// What `partitions` (or the end of `migrate`) did.
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionsReport {
+    /// `--premake`: months kept ahead of the current one.
     pub premake: u32,
+    /// The months created, in order.
     pub created: Vec<Created>,
     /// Each table's window after the run.
     pub windows: Vec<Window>,
+    /// Rows left in DEFAULT outside the window (before its first month).
     pub outside: Vec<Outside>,
     /// Months (or whole tables' windows) not created, and why: one table's trouble never stops
     /// another's window.
@@ -73,19 +84,25 @@ impl PartitionsReport {
 /// What `partitions --dry-run` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionsPlan {
+    /// The server and database (no password).
     pub database: DbTarget,
+    /// The schema of the monthly tables.
     pub schema: String,
+    /// `--premake`.
     pub premake: u32,
+    /// Each table's window now.
     pub windows: Vec<Window>,
+    /// The months it would create, with their steps.
     pub months: Vec<MonthPlan>,
     /// Helper CHECKs an interrupted run left, to drop.
     pub leftovers: Vec<Step>,
+    /// Rows that would stay in DEFAULT outside the window.
     pub outside: Vec<Outside>,
     /// Months (or tables) that would not be created, and why.
     pub not_created: Vec<NotCreated>,
-    /// Why the run would be refused (rows to move above `--max-moved-rows`).
-    pub refused: Option<String>,
+    /// `--lock-timeout`, in milliseconds.
     pub lock_timeout_ms: u128,
+    /// `--lock-retries`.
     pub lock_retries: u32,
 }
 
@@ -128,7 +145,11 @@ fn plan_table(
     out: &mut Planned,
 ) -> Result<()> {
     let window = months::window(c, table, settings.premake, settings.as_of.as_deref())?;
-    let plan = months::plan(c, &window)?;
+    let mut plan = months::plan(c, &window)?;
+    if let Some(refused) = within_limit(&plan.months, settings) {
+        plan.months.retain(|m| m.rows_from_default == 0);
+        plan.refused.push(refused);
+    }
     let creating: Vec<String> = plan.months.iter().map(|m| m.month.clone()).collect();
     let leftovers = months::leftovers(c, &window, &creating)?;
     out.not_created.extend(plan.refused);
@@ -174,40 +195,36 @@ fn outside(windows: &[Window]) -> Vec<Outside> {
         .collect()
 }
 
-/// `Err` when the rows to move exceed `--max-moved-rows`, naming the months, the counts and
-/// the estimated lock time.
-fn within_limit<'a>(plans: impl Iterator<Item = &'a MonthPlan>, settings: &Settings) -> Result<()> {
-    let moving: Vec<&MonthPlan> = plans.filter(|p| p.rows_from_default > 0).collect();
+/// The months of one table whose rows to move exceed `--max-moved-rows` in all, refused
+/// together (naming the months, the counts and the estimated wait), if they do.
+fn within_limit(plans: &[MonthPlan], settings: &Settings) -> Option<NotCreated> {
+    let moving: Vec<&MonthPlan> = plans.iter().filter(|p| p.rows_from_default > 0).collect();
     let total: i64 = moving.iter().map(|p| p.rows_from_default).sum();
+    let first = moving.first()?;
     if total as u64 <= settings.max_moved_rows {
-        return Ok(());
+        return None;
     }
-    Err(Error::TooManyRowsToMove {
+    let reason = Error::TooManyRowsToMove {
+        table: first.table.plain(),
         months: moving
             .iter()
-            .map(|p| {
-                format!(
-                    "{} {}: {} rows",
-                    p.table.plain(),
-                    p.month,
-                    p.rows_from_default
-                )
-            })
+            .map(|p| format!("{}: {} rows", p.month, p.rows_from_default))
             .collect::<Vec<_>>()
             .join(", "),
         total,
         limit: settings.max_moved_rows,
-        seconds: moving
-            .iter()
-            .map(|p| p.rows_from_default as f64 / MOVED_ROWS_PER_SECOND)
-            .fold(0.0, f64::max),
+        seconds: total as f64 / MOVED_ROWS_PER_SECOND,
+    };
+    Some(NotCreated {
+        table: first.table.plain(),
+        month: Some(moving.iter().map(|p| p.month.as_str()).collect::<Vec<_>>().join(", ")),
+        reason: reason.to_string(),
     })
 }
 
 /// Creates the months every table lacks, under the migration lock the caller holds. A table
-/// whose work fails stops at that month (its exclusion CHECK, if it got one, comes off again);
-/// the other tables go on. Errors only when the rows to move are above the limit (before
-/// anything changes) or the run is interrupted.
+/// whose work fails stops at that month (what it made of the month comes off again); the other
+/// tables go on. Errors only when the run is interrupted.
 pub(crate) fn maintain(
     settings: &Settings,
     main: &mut Conn,
@@ -217,7 +234,6 @@ pub(crate) fn maintain(
         tables: work,
         mut not_created,
     } = plan_all(main.client(), settings)?;
-    within_limit(work.iter().flat_map(|t| &t.months), settings)?;
     let windows: Vec<Window> = work.iter().map(|t| t.window.clone()).collect();
     let left = outside(&windows);
     for o in &left {
@@ -236,13 +252,21 @@ pub(crate) fn maintain(
         policy: &policy,
     };
     let mut created = Vec::new();
+    let mut undo = Vec::new();
     for t in &work {
-        if let Err(n) = run_table(&ctx, main, t, &mut created) {
+        if let Err((n, left)) = run_table(&ctx, main, t, &mut created) {
             if let Some(reason) = settings.interrupt.reason() {
                 return Err(Error::interrupted(reason));
             }
             log::warn!("not created: {n}");
             not_created.push(n);
+            undo.extend(left);
+        }
+    }
+    // What a clean-up could not undo (a long reader of DEFAULT held its lock): once more.
+    for s in &undo {
+        if let Err(e) = ctx.run(main.client(), s) {
+            log::warn!("{}: could not be undone ({e}); the next run drops it, and check reports it until then", s.id);
         }
     }
     if let Some(reason) = settings.interrupt.reason() {
@@ -259,13 +283,14 @@ pub(crate) fn maintain(
     })
 }
 
-/// One table's leftovers and months, in order, stopping at the first failure.
+/// One table's leftovers and months, in order, stopping at the first failure; then what failed,
+/// and the clean-up steps that could not be run.
 fn run_table(
     ctx: &StepCtx<'_>,
     main: &mut Conn,
     t: &TableWork,
     created: &mut Vec<Created>,
-) -> std::result::Result<(), NotCreated> {
+) -> std::result::Result<(), (NotCreated, Vec<Step>)> {
     let table = t.window.table.plain();
     let failed = |e: Error, month: Option<&str>, after: usize| {
         let rest = if after > 0 {
@@ -280,16 +305,13 @@ fn run_table(
         }
     };
     for s in &t.leftovers {
-        ctx.run(main.client(), s).map_err(|e| failed(e, None, 0))?;
+        ctx.run(main.client(), s)
+            .map_err(|e| (failed(e, None, 0), Vec::new()))?;
     }
     for (i, p) in t.months.iter().enumerate() {
-        if let Err(e) = p
-            .steps
-            .iter()
-            .try_for_each(|s| ctx.run(main.client(), s).map(|_| ()))
-        {
-            clean_up(ctx, main, p);
-            return Err(failed(e, Some(&p.month), t.months.len() - i - 1));
+        if let Err(e) = run_month(ctx, main, p) {
+            let left = clean_up(ctx, main, p);
+            return Err((failed(e, Some(&p.month), t.months.len() - i - 1), left));
         }
         log::info!(
             "{}: created {} for {} ({} rows moved from DEFAULT)",
@@ -308,13 +330,28 @@ fn run_table(
     Ok(())
 }
 
-/// After a month failed: takes its exclusion CHECK off DEFAULT again (if it got one), even when
-/// the run was interrupted, with a short bound of its own. What cannot be undone is left to the
-/// next run, and `check` reports it.
-fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) {
-    if p.cleanup.is_empty() {
-        return;
+/// A month's steps. Once it is attached it is created: a step after that (dropping its helper
+/// CHECK) that fails is a warning, and the next run drops the CHECK.
+fn run_month(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) -> Result<()> {
+    let mut attached = false;
+    for s in &p.steps {
+        match ctx.run(main.client(), s) {
+            Ok(_) => {}
+            Err(e) if attached && ctx.policy.interrupt.reason().is_none() => log::warn!(
+                "{}: {e}; the month is attached, and the next run drops what is left",
+                s.id
+            ),
+            Err(e) => return Err(e),
+        }
+        attached |= matches!(s.action, Action::AttachPartition | Action::MoveAndAttach);
     }
+    Ok(())
+}
+
+/// After a month failed: what it made comes off again (its exclusion CHECK from DEFAULT, its
+/// standalone table if empty), even when the run was interrupted, with a short bound of its own.
+/// Returns what could not be undone now.
+fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) -> Vec<Step> {
     let policy = LockPolicy {
         lock_timeout: ctx.policy.lock_timeout.min(CLEANUP_LOCK_TIMEOUT),
         retries: 2,
@@ -324,12 +361,17 @@ fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) {
         policy: &policy,
         ..*ctx
     };
+    let mut left = Vec::new();
     for s in &p.cleanup {
         match cleanup.run(main.client(), s) {
-            Ok(_) => log::info!("{}: removed again after the failure", s.id),
-            Err(e) => log::warn!("{}: could not be undone ({e}); the next run drops it, and check reports it until then", s.id),
+            Ok(_) => log::info!("{}: done, so that nothing of the failed month is left", s.id),
+            Err(e) => {
+                log::warn!("{}: could not be undone yet ({e})", s.id);
+                left.push(s.clone());
+            }
         }
     }
+    left
 }
 
 /// The bound of each clean-up attempt after a failure.
@@ -413,9 +455,6 @@ pub fn plan(settings: &Settings) -> Result<PartitionsPlan> {
 /// What `partitions` (or the end of `migrate`) would do, on an open connection. Read-only.
 pub(crate) fn plan_on(c: &mut postgres::Client, settings: &Settings) -> Result<PartitionsPlan> {
     let planned = plan_all(c, settings)?;
-    let refused = within_limit(planned.months(), settings)
-        .err()
-        .map(|e| e.to_string());
     let windows = planned.windows();
     Ok(PartitionsPlan {
         database: settings.target()?,
@@ -430,13 +469,13 @@ pub(crate) fn plan_on(c: &mut postgres::Client, settings: &Settings) -> Result<P
             .collect(),
         not_created: planned.not_created,
         windows,
-        refused,
         lock_timeout_ms: settings.lock_timeout.as_millis(),
         lock_retries: settings.lock_retries,
     })
 }
 
 impl PartitionsPlan {
+    /// The plan as text, one line each.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![format!(
             "dry run (nothing is changed): monthly partitions of schema {} of {}, {} month(s) ahead",
@@ -484,7 +523,7 @@ impl PartitionsPlan {
             }
             for s in &m.cleanup {
                 out.push(format!(
-                    "  if a step after add-exclusion fails, {}: {} (nothing is left on DEFAULT)",
+                    "  if the month fails, {}: {} (so that nothing of it is left)",
                     s.action.name(),
                     s.locks
                 ));
@@ -498,9 +537,6 @@ impl PartitionsPlan {
         }
         for n in &self.not_created {
             out.push(format!("would not be created: {n}"));
-        }
-        if let Some(r) = &self.refused {
-            out.push(format!("would be refused: {r}"));
         }
         out
     }

@@ -23,7 +23,9 @@ use crate::sql::{Ident, Relation};
 /// What `archive` or `delete` did for one rule.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Resolved {
+    /// The rule's stable id, e.g. `orphaned-messages`.
     pub rule: String,
+    /// The table its rows were in, without its schema.
     pub table: String,
     /// Rows deleted (moved) or set to NULL.
     pub rows: u64,

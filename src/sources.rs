@@ -9,7 +9,7 @@
 //! 4. the development default, `postgres://postgres@localhost:5432/postgres`, with a warning.
 //!
 //! Whatever the source, libpq's variables then fill only what the URL lacks (a password from
-//! `PGPASSWORD`, `PGPASSWORD_FILE` or the password file, `PGSSLMODE`, ...): [`fill_from_env`].
+//! `PGPASSWORD`, `PGPASSWORD_FILE` or the password file, `PGSSLMODE`, ...): `fill_from_env`.
 //! Nothing here logs a URL or a password: the default is shown as host, port, database and user.
 
 use std::path::{Path, PathBuf};

@@ -30,22 +30,30 @@ use crate::engine::ops::Operation;
 use crate::preflight;
 use crate::sql::{Ident, Relation};
 
+/// The outcome of one assertion.
 #[derive(Clone, Debug, Serialize)]
 pub struct Assertion {
+    /// Its number, from 1: the `n` of `TEST n`.
     pub number: u8,
+    /// Whether it passed (false when it failed or could not run).
     pub passed: bool,
     /// False when the assertion could not be run (its fixture could not be written).
     pub ran: bool,
+    /// What it showed, or why it failed or could not run.
     pub message: String,
 }
 
+/// What `verify` found, with everything it wrote rolled back.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
+    /// Whether every assertion passed.
     pub passed: bool,
+    /// Every assertion, in order of number.
     pub assertions: Vec<Assertion>,
 }
 
 impl VerifyReport {
+    /// The assertions that did not pass, those that could not run included.
     pub fn failed(&self) -> Vec<&Assertion> {
         self.assertions.iter().filter(|a| !a.passed).collect()
     }

@@ -143,7 +143,8 @@ fn a_move_is_refused_while_a_publication_publishes_the_partitions_by_name() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
     for part in [
-        "public.messages 2027-01: 892 rows of 2027-01 are in public.messages_default, but moving them publication chat publishes the partitions under their own names (publish_via_partition_root = false)",
+        "public.messages 2027-01: 892 rows of 2027-01 are in public.messages_default, but moving them is refused: publication chat publishes partitions of the table under their own names",
+        "(publish the table itself with publish_via_partition_root = true)",
         "public.api_logs 2027-02: 300 rows",
         "move them by hand (or remove the cause)",
     ] {
@@ -164,6 +165,30 @@ fn a_move_is_refused_while_a_publication_publishes_the_partitions_by_name() {
         "the subscriber has {} api_logs, the publisher {published}",
         api_logs(&mut s)
     );
+}
+
+/// A publication that names DEFAULT itself publishes it under its own name, even with
+/// publish_via_partition_root: the move is refused for it too, and nothing moves.
+#[test]
+fn a_move_is_refused_while_a_publication_names_default_itself() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE PUBLICATION by_name FOR TABLE messages_default WITH (publish_via_partition_root = true)",
+    )
+    .unwrap();
+    let before = rows(&mut c);
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("public.messages 2027-01: 892 rows of 2027-01 are in public.messages_default, but moving them is refused: publication by_name publishes partitions of the table under their own names"),
+        "{line}"
+    );
+    assert!(!line.contains("public.api_logs"), "{line}");
+    assert_eq!(rows(&mut c), before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM api_logs_2027_02"), 300);
 }
 
 /// Waits until `pid`'s lock request is waiting.
@@ -228,8 +253,7 @@ fn a_transaction_that_read_and_then_writes_during_a_move_commits() {
     // Stopped by the keeper as soon as the transaction waited, or by the upgrade's own check.
     let err = stderr(&out);
     assert!(
-        (err.contains("a transaction that read the table waits for it to write: stopping it before it deadlocks")
-            || err.contains("a transaction that read public.messages waits to write it"))
+        err.contains("a transaction that holds a lock on a table it needs waits for it: stopping it before it deadlocks")
             && err.contains("starts over with its locks taken first; retry 1 of"),
         "{err}"
     );
@@ -262,6 +286,96 @@ fn a_transaction_that_read_and_then_writes_during_a_move_commits() {
     let (upgraded, mut mover) = upgrade.join().unwrap();
     assert!(upgraded.is_ok(), "{upgraded:?}");
     mover.batch_execute("ROLLBACK").unwrap();
+}
+
+/// An application transaction that changed a conversation and then inserts a message while a
+/// move holds SHARE on messages: the move's SHARE ROW EXCLUSIVE on conversations (for the
+/// attach) would close a deadlock with it. The runner gives way before PostgreSQL picks a
+/// victim, starts over with its locks taken first, and the application's transaction commits.
+#[test]
+fn a_transaction_that_wrote_a_keyed_table_and_then_inserts_during_a_move_commits() {
+    let db = latest_without_window();
+    let mut c = db.client();
+    c.batch_execute(
+        "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+           SELECT 'bulk-' || g, 't' || (1 + g % 10), 'c' || (1 + g % 10), 'user', 'bulk', timestamptz '2027-01-01 00:00+00' + g * interval '10 seconds'
+             FROM generate_series(1, 150000) g",
+    )
+    .unwrap();
+    let mut app = db.client();
+    app.batch_execute(
+        "BEGIN; UPDATE conversations SET \"tenantId\" = \"tenantId\" WHERE id = 'c1'",
+    )
+    .unwrap();
+    let url = db.url.clone();
+    let runner = std::thread::spawn(move || {
+        run_bin(
+            &url,
+            &["partitions", "--as-of", AS_OF, "--max-moved-rows", "200000"],
+        )
+    });
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            count(
+                &mut c,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE a.application_name = 'meta-chat-migrate' AND a.state = 'active' AND l.granted
+                AND l.relation = 'messages'::regclass AND l.mode = 'ShareLock'",
+            ) > 0
+        }),
+        "the move never ran"
+    );
+    let inserted = app.execute(APP_INSERT, &[&"app-1"]);
+    let committed = app.batch_execute("COMMIT");
+    let out = runner.join().unwrap();
+    assert!(
+        inserted.is_ok() && committed.is_ok(),
+        "{inserted:?} {committed:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starts over with its locks taken first; retry 1 of"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM messages_2027_01"),
+        150000
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM messages WHERE id = 'app-1'"),
+        1
+    );
+    // The negative: a move that takes SHARE ROW EXCLUSIVE on conversations after the SHARE on
+    // messages deadlocks with that transaction, and PostgreSQL aborts one of the two.
+    let (mut mover, mut writer) = (db.client(), db.client());
+    writer
+        .batch_execute(
+            "BEGIN; UPDATE conversations SET \"tenantId\" = \"tenantId\" WHERE id = 'c1'",
+        )
+        .unwrap();
+    mover
+        .batch_execute("BEGIN; LOCK TABLE ONLY messages IN SHARE MODE")
+        .unwrap();
+    let mover_pid = pid(&mut mover);
+    let writer_pid = pid(&mut writer);
+    let keyed = std::thread::spawn(move || {
+        let r = mover.batch_execute("LOCK TABLE conversations IN SHARE ROW EXCLUSIVE MODE");
+        let _ = mover.batch_execute("ROLLBACK");
+        r
+    });
+    assert!(waiting(&mut c, mover_pid));
+    let insert = writer.execute(APP_INSERT, &[&"app-2"]);
+    let _ = writer.batch_execute("ROLLBACK");
+    let lock = keyed.join().unwrap();
+    let codes: Vec<Option<String>> = [insert.err(), lock.err()]
+        .into_iter()
+        .map(|e| e.and_then(|e| e.code().map(|c| c.code().to_string())))
+        .collect();
+    assert!(
+        codes.contains(&Some("40P01".to_string())),
+        "no deadlock between {mover_pid} and {writer_pid}: {codes:?}"
+    );
 }
 
 /// Relations of a month's name that are not what the runner left, and a table whose partitions
@@ -429,13 +543,20 @@ fn oids_of(c: &mut Client, claims: &BTreeMap<String, String>) -> BTreeMap<u32, S
 
 /// Every step of a plan, run as the runner runs it (its statements in one transaction; a move
 /// in its first form for messages and in its form after a deadlock for api_logs), holds exactly
-/// the locks its plan claims.
+/// the locks its plan claims: with a table that references messages and a policy that reads
+/// another table, on a messages DEFAULT large enough for the exclusion CHECK to take steps of
+/// its own and an api_logs DEFAULT small enough for one transaction.
 #[test]
 fn each_steps_lock_claims_are_the_locks_the_server_takes() {
     let db = with_rows_in_default();
     let mut c = db.client();
+    pad_default(&mut c);
     c.batch_execute(
-        "CREATE TABLE messages_2027_04 (LIKE messages);
+        "CREATE TABLE reactions (\"messageId\" text, \"createdAt\" timestamptz, FOREIGN KEY (\"messageId\", \"createdAt\") REFERENCES messages (id, \"createdAt\"));
+         CREATE TABLE tenant_members (tenant text, member name);
+         ALTER TABLE messages_2026_12 ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY members ON messages_2026_12 USING (\"tenantId\" IN (SELECT tenant FROM tenant_members WHERE member = current_user));
+         CREATE TABLE messages_2027_04 (LIKE messages);
          ALTER TABLE messages_2027_04 ADD CONSTRAINT mcm_month_bound CHECK (\"createdAt\" >= '2027-04-01 00:00:00+00' AND \"createdAt\" < '2027-05-01 00:00:00+00');
          ALTER TABLE api_logs_default ADD CONSTRAINT mcm_excludes_2030_01 CHECK (NOT (\"createdAt\" >= '2030-01-01 00:00:00+00' AND \"createdAt\" < '2030-02-01 00:00:00+00')) NOT VALID;",
     )
@@ -461,6 +582,18 @@ fn each_steps_lock_claims_are_the_locks_the_server_takes() {
     ] {
         assert!(actions.contains(&a), "{a} not in {actions:?}");
     }
+    let claimed_anywhere = |rel: &str| {
+        plan["months"].as_array().unwrap().iter().any(|m| {
+            m["steps"].as_array().unwrap().iter().any(|s| {
+                s["claims"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k["relation"] == rel))
+            })
+        })
+    };
+    for rel in ["public.reactions", "public.tenant_members"] {
+        assert!(claimed_anywhere(rel), "no step claims {rel}");
+    }
     for step in steps {
         let id = step["id"].as_str().unwrap();
         let statements = match &step["on_deadlock"] {
@@ -481,7 +614,7 @@ fn each_steps_lock_claims_are_the_locks_the_server_takes() {
         let before = oids_of(&mut c, &claimed);
         let mut tx = c.transaction().unwrap();
         for sql in statements {
-            tx.batch_execute(sql.as_str().unwrap())
+            tx.batch_execute(sql["sql"].as_str().unwrap())
                 .unwrap_or_else(|e| panic!("{id}: {e}"));
         }
         assert_eq!(held(&mut tx, &before), claimed, "{id}");

@@ -205,24 +205,29 @@ fn rows_in_default_move_into_their_month_and_the_rest_is_reported() {
 fn above_the_limit_of_rows_to_move_it_refuses_saying_what_and_how() {
     let db = with_rows_in_default();
     let mut c = db.client();
-    let before = snapshot(&mut c);
+    let before = rows(&mut c);
     let out = partitions(&db, &["--max-moved-rows", "1000"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
     for part in [
-        "moving 1800 rows out of DEFAULT partitions (public.messages 2027-01: 892 rows, public.messages 2027-02: 608 rows, public.api_logs 2027-02: 300 rows)",
+        "public.messages 2027-01, 2027-02: moving 1500 rows out of the DEFAULT partition of public.messages (2027-01: 892 rows, 2027-02: 608 rows)",
         "above --max-moved-rows 1000",
-        "rerun at a quiet time with a --max-moved-rows above 1800",
+        "rerun at a quiet time with a --max-moved-rows above 1500",
     ] {
         assert!(line.contains(part), "missing {part:?} in {line}");
     }
-    assert_same(
-        &snapshot(&mut c),
-        &before,
-        "the refusal changed the catalog",
+    // Per table: api_logs' 300 rows are within the limit and moved; none of messages' rows is.
+    assert!(!line.contains("public.api_logs"), "{line}");
+    assert_eq!(rows(&mut c), before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM api_logs_2027_02"), 300);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_class WHERE relname IN ('messages_2027_01', 'messages_2027_02')"),
+        0
     );
-    let out = partitions(&db, &["--max-moved-rows", "1800"]);
+    let out = partitions(&db, &["--max-moved-rows", "1500"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 7);
 }
 
 #[test]
@@ -241,32 +246,55 @@ fn a_dry_run_shows_months_rows_and_locks_and_changes_nothing() {
     for part in [
         "create public.messages_2027_01 for 2027-01",
         "taking 892 rows from DEFAULT:",
-        "move-and-attach: ACCESS EXCLUSIVE on public.messages, public.messages_default and public.messages_2027_01; SHARE ROW EXCLUSIVE on public.conversations and public.tenants (moving 892 rows: SHARE on public.messages and public.messages_default first (reads go on, writes wait), then ACCESS EXCLUSIVE on public.messages for the attach (every read waits); a transaction that read public.messages and writes it during the move makes the move start over with ACCESS EXCLUSIVE first (every read waits for the whole move))",
+        "move-and-attach: ACCESS EXCLUSIVE on public.messages, public.messages_default and public.messages_2027_01; SHARE ROW EXCLUSIVE on public.conversations and public.tenants (moving 892 rows: SHARE on public.messages and public.messages_default first (reads go on, writes wait), then ACCESS EXCLUSIVE on public.messages for the attach (every read waits); a transaction that waits for the move while holding a lock it needs (it read public.messages, or wrote a keyed table, and then writes public.messages) makes it start over with its locks taken first (every read waits for the whole move))",
         "create public.messages_2027_03 for 2027-03",
-        "add-exclusion: ACCESS EXCLUSIVE on public.messages_default (brief: no scan) [bounded by --lock-timeout",
-        "if a step after add-exclusion fails, drop-checks: ACCESS EXCLUSIVE on public.messages_default (brief) (nothing is left on DEFAULT)",
-        "validate-exclusion: SHARE UPDATE EXCLUSIVE on public.messages_default (scans it; reads and writes go on) [waits as long as needed",
+        "attach-partition: SHARE UPDATE EXCLUSIVE on public.messages; ACCESS EXCLUSIVE on public.messages_default and public.messages_2027_03; SHARE ROW EXCLUSIVE on public.conversations and public.tenants (one transaction: an exclusion CHECK on the small DEFAULT added and validated, the attach",
+        "if the month fails, drop-leftover: ACCESS EXCLUSIVE on public.messages_2027_03 (a standalone table no one uses) (so that nothing of it is left)",
         "left in DEFAULT: 7 rows of public.messages 2023-06 (outside the window)",
     ] {
         assert!(text.contains(part), "missing {part:?} in:\n{text}");
     }
+    assert!(!text.contains("add-exclusion"), "{text}");
     let out = partitions(&db, &["--dry-run", "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["months"].as_array().unwrap().len(), 10);
+    // Above 8 MiB, DEFAULT's exclusion CHECK takes steps of its own.
+    pad_default(&mut c);
+    let out = partitions(&db, &["--dry-run"]);
+    let text = stdout(&out);
+    for part in [
+        "add-exclusion: ACCESS EXCLUSIVE on public.messages_default (brief: no scan) [bounded by --lock-timeout",
+        "validate-exclusion: SHARE UPDATE EXCLUSIVE on public.messages_default (scans it; reads and writes go on) [waits as long as needed",
+        "attach-partition: SHARE UPDATE EXCLUSIVE on public.messages; ACCESS EXCLUSIVE on public.messages_default and public.messages_2027_03; SHARE ROW EXCLUSIVE on public.conversations and public.tenants (brief: nothing scanned or built",
+        "if the month fails, drop-checks: ACCESS EXCLUSIVE on public.messages_default (brief) (so that nothing of it is left)",
+        "left in DEFAULT: 20007 rows of public.messages 2023-06 (outside the window)",
+    ] {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
 }
 
-/// Kill points by step id, in run order for the database of `with_rows_in_default`.
-const KILL_AT: [&str; 9] = [
+/// Kill points by step id, in run order for the database of [`padded`]: messages' months in
+/// steps of their own (a large DEFAULT), api_logs' in one transaction each (a small one).
+const KILL_AT: [&str; 11] = [
     "step messages_2027_01:public.messages_2027_01:create-table: done",
-    "step messages_2027_01:public.messages_2027_01:drop-checks: done",
     "step messages_2027_01:public.messages:move-and-attach: done",
+    "step messages_2027_01:public.messages_2027_01:drop-checks: done",
+    "step messages_2027_03:public.messages_2027_03:create-table: done",
     "step messages_2027_03:public.messages_default:add-exclusion: done",
     "step messages_2027_03:public.messages_default:validate-exclusion: done",
     "step messages_2027_03:public.messages:attach-partition: done",
     "step messages_2027_03:public.messages_default:drop-checks: done",
     "step api_logs_2027_01:public.api_logs_2027_01:create-table: done",
+    "step api_logs_2027_01:public.api_logs:attach-partition: done",
     "step api_logs_2027_02:public.api_logs:move-and-attach: done",
 ];
+
+/// [`with_rows_in_default`] with messages' DEFAULT above 8 MiB.
+fn padded() -> TestDb {
+    let db = with_rows_in_default();
+    pad_default(&mut db.client());
+    db
+}
 
 fn partitions_killed_at(db: &TestDb, marker: &str) {
     let mut child = runner_bin()
@@ -293,12 +321,12 @@ fn partitions_killed_at(db: &TestDb, marker: &str) {
 #[test]
 fn a_kill_at_every_step_and_a_rerun_converge() {
     let reference = {
-        let db = with_rows_in_default();
+        let db = padded();
         assert_eq!(partitions(&db, &[]).status.code(), Some(0));
         snapshot(&mut db.client())
     };
     for marker in KILL_AT {
-        let db = with_rows_in_default();
+        let db = padded();
         let before = rows(&mut db.client());
         partitions_killed_at(&db, marker);
         let out = partitions(&db, &[]);
@@ -318,28 +346,33 @@ fn a_kill_at_every_step_and_a_rerun_converge() {
     }
 }
 
-#[test]
-fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
+/// The months are laid out in time zone `zone` (with `datestyle`, if any, for the database),
+/// then the database's zone becomes `later` before the runner continues them; `edge` (UTC) must
+/// land in `expected`.
+fn continued_across_zones(
+    (zone, later): (&str, &str),
+    datestyle: Option<&str>,
+    edge: &str,
+    expected: &str,
+) {
     let db = TestDb::new();
     let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET timezone = 'Europe/Berlin'",
-            db.name
-        ))
-        .unwrap();
+    let set = |admin: &mut Client, what: &str| {
+        admin
+            .batch_execute(&format!("ALTER DATABASE {} SET {what}", db.name))
+            .unwrap()
+    };
+    set(&mut admin, &format!("timezone = '{zone}'"));
+    if let Some(style) = datestyle {
+        set(&mut admin, &format!("DateStyle = '{style}'"));
+    }
     assert_eq!(
         db.run(&["migrate", "--target", "20240520120000"])
             .status
             .code(),
         Some(0)
     );
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET timezone = 'America/Los_Angeles'",
-            db.name
-        ))
-        .unwrap();
+    set(&mut admin, &format!("timezone = '{later}'"));
     assert_eq!(
         db.run(&["migrate", "--skip-partitions"]).status.code(),
         Some(0)
@@ -347,6 +380,7 @@ fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
     let out = partitions(&db, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let mut c = db.client();
+    c.batch_execute("SET DateStyle = 'ISO'").unwrap();
     // Contiguous: each lower bound is the previous upper bound.
     let gaps = count(
         &mut c,
@@ -355,10 +389,9 @@ fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
               r AS (SELECT m[1]::timestamptz AS lo, m[2]::timestamptz AS hi FROM b WHERE m IS NOT NULL)
          SELECT count(*) FROM r WHERE r.lo <> (SELECT max(p.hi) FROM r p WHERE p.hi <= r.lo) AND r.lo > (SELECT min(lo) FROM r)",
     );
-    assert_eq!(gaps, 0, "{:?}", partitions_of(&mut c, "messages"));
-    // 2026-12-31 23:30 UTC is 2027-01-01 00:30 in Berlin: the 2027-01 partition takes it.
-    c.batch_execute("INSERT INTO tenants (id, name) VALUES ('t', 'T'); INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');
-                     INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('edge', 't', 'c', 'user', 'x', '2026-12-31 23:30+00');")
+    assert_eq!(gaps, 0, "{zone}: {:?}", partitions_of(&mut c, "messages"));
+    c.batch_execute(&format!("INSERT INTO tenants (id, name) VALUES ('t', 'T'); INSERT INTO conversations (id, \"tenantId\") VALUES ('c', 't');
+                     INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\") VALUES ('edge', 't', 'c', 'user', 'x', '{edge}');"))
         .unwrap();
     let at: String = c
         .query_one(
@@ -367,7 +400,27 @@ fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(at, "messages_2027_01");
+    assert_eq!(at, expected, "{zone}");
+}
+
+#[test]
+fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
+    // 2026-12-31 23:30 UTC is 2027-01-01 00:30 in Berlin: the 2027-01 partition takes it.
+    continued_across_zones(
+        ("Europe/Berlin", "America/Los_Angeles"),
+        None,
+        "2026-12-31 23:30+00",
+        "messages_2027_01",
+    );
+    // Havana's abbreviations (CST, CDT) read back as US Central's: bounds are read and written
+    // in ISO, whatever DateStyle the database sets. 2027-01-01 04:30 UTC is still 2026-12-31 in
+    // Havana (UTC-5).
+    continued_across_zones(
+        ("America/Havana", "America/Havana"),
+        Some("Postgres, DMY"),
+        "2027-01-01 04:30+00",
+        "messages_2026_12",
+    );
 }
 
 #[test]
@@ -620,6 +673,48 @@ fn a_move_that_would_fire_triggers_or_cascades_is_refused_for_its_months_only() 
     }
 }
 
+/// A key that references messages with NO ACTION changes no row when a moved row leaves
+/// DEFAULT: the move goes on while nothing references its rows, and fails on the key, rolled
+/// back with nothing lost, when something does.
+#[test]
+fn a_referencing_key_without_an_action_lets_the_move_run_or_fail_on_it_whole() {
+    let db = with_rows_in_default();
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE reactions (\"messageId\" text, \"messageAt\" timestamptz,
+           CONSTRAINT reactions_message FOREIGN KEY (\"messageId\", \"messageAt\") REFERENCES messages (id, \"createdAt\"));
+         INSERT INTO reactions SELECT id, \"createdAt\" FROM messages WHERE id = 'late-1';",
+    )
+    .unwrap();
+    let before = rows(&mut c);
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    for part in [
+        "not created: public.messages 2027-01: messages_2027_01:public.messages:move-and-attach: SQLSTATE 23503",
+        "is still referenced from table \"reactions\"",
+        "the 4 month(s) after it were not attempted",
+    ] {
+        assert!(err.contains(part), "missing {part:?} in {err}");
+    }
+    assert_eq!(rows(&mut c), before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM reactions"), 1);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM messages_default WHERE id LIKE 'late-%'"
+        ),
+        1500
+    );
+    assert!(!partition_names(&mut c, "messages").contains(&"messages_2027_01".into()));
+    assert!(partition_names(&mut c, "api_logs").contains(&"api_logs_2027_05".into()));
+    // Once nothing references its rows, the month is moved.
+    c.batch_execute("DELETE FROM reactions").unwrap();
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_01"), 892);
+}
+
 /// A DEFAULT that is itself partitioned (its rows cannot be counted or moved with ONLY) is
 /// refused for its table, named, and nothing of that table changes; the other table keeps its
 /// window.
@@ -653,11 +748,11 @@ fn a_table_whose_layout_cannot_be_continued_never_stops_the_other() {
 fn migrate_warns_and_succeeds_when_the_months_ahead_cannot_be_made() {
     let db = with_rows_in_default();
     let mut c = db.client();
-    let before = (rows(&mut c), snapshot(&mut c));
+    let before = rows(&mut c);
     let out = db.run(&["migrate", "--max-moved-rows", "1000"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("the monthly partitions ahead were not created")
+        stderr(&out).contains("the migrations are applied, but not every month ahead was created: monthly partitions not created: public.messages 2027-01, 2027-02: moving 1500 rows")
             && stderr(&out).contains("above --max-moved-rows 1000"),
         "{}",
         stderr(&out)
@@ -667,7 +762,9 @@ fn migrate_warns_and_succeeds_when_the_months_ahead_cannot_be_made() {
         "{}",
         stdout(&out)
     );
-    assert_eq!((rows(&mut c), snapshot(&mut c)), before, "nothing changed");
+    assert_eq!(rows(&mut c), before, "no row moved");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+    assert!(!partition_names(&mut c, "messages").contains(&"messages_2027_01".into()));
     let out = db.run(&["migrate", "--json", "--max-moved-rows", "1000"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["partitions_error"].as_str().is_some(), "{report}");

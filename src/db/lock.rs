@@ -6,9 +6,11 @@
 //!   server releases it when the runner dies. Runners started at once wait for each other.
 //! - A keeper thread uses that connection every [`KEEPALIVE_EVERY`]: it checks that the lock is
 //!   still held by its session and keeps the connection from looking idle to a proxy or load
-//!   balancer. It also polls, for [`BlockerWatch`], which pids the run's connections wait for.
-//!   If the connection is lost anyway, the keeper triggers the run's interrupt, which cancels
-//!   every statement of the run on the server.
+//!   balancer. It also polls, for [`BlockerWatch`], which pids the run's connections wait for,
+//!   and cancels a step's statement when a transaction holding a lock on one of the step's
+//!   tables waits for it (the step would deadlock with it; the step starts over with its locks
+//!   taken first). If the connection is lost anyway, the keeper triggers the run's interrupt,
+//!   which cancels every statement of the run on the server.
 //! - Key 2 ([`WORK_LOCK_KEYS`]) is held *shared* by every connection that does the run's work.
 //!   A runner that has just taken key 1 checks that nobody holds key 2: if somebody does, those
 //!   are statements of an earlier run that are still executing on the server (a run killed with
@@ -195,11 +197,25 @@ pub struct Seen {
     pub stopped_for_deadlock: bool,
 }
 
-/// Cancels the statement of $1 when a transaction that holds a lock on one of the tables $2
-/// waits for it; says whether it did.
-const STOP_BEFORE_DEADLOCK: &str = "SELECT pg_cancel_backend($1) FROM pg_locks l \
-     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($2::text[]::regclass[]) \
-       AND l.pid <> $1 AND $1 = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
+/// A transaction that holds a lock on one of the tables $1 (`regclass` texts) and waits for this
+/// session: (pid, the table). Shared by a step's own check ([`crate::db::retry`]) and, in the
+/// form below, the keeper's.
+pub(crate) const WAITS_FOR: &str = "SELECT l.pid, l.relation::regclass::text FROM pg_locks l \
+     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
+       AND l.pid <> pg_backend_pid() AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
+
+/// [`WAITS_FOR`] asked for session $2, whose statement is cancelled if so.
+const STOP_BEFORE_DEADLOCK: &str = "SELECT pg_cancel_backend($2) FROM pg_locks l \
+     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
+       AND l.pid <> $2 AND $2 = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
+
+/// The transaction of another session that has held a lock on one of the tables $1 for more
+/// than $2 seconds: (pid, the table, seconds).
+pub(crate) const LONG_HOLDER: &str = "SELECT a.pid, l.relation::regclass::text, \
+       extract(epoch FROM now() - a.xact_start)::float8 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
+       AND l.pid <> pg_backend_pid() AND a.xact_start < now() - make_interval(secs => $2) \
+     ORDER BY a.xact_start LIMIT 1";
 
 /// Which of the run's connections wait for a lock, and for which pids: steps register here,
 /// and the lock's keeper thread polls `pg_blocking_pids`, logs long waits, and remembers the
@@ -242,6 +258,16 @@ impl BlockerWatch {
         );
     }
 
+    /// Notes `blocker` as one of the sessions watched step `pid` gave way to (found by a check of
+    /// the step's own rather than by the keeper).
+    pub fn saw(&self, pid: i32, blocker: i32) {
+        if let Some(w) = self.watched.lock().unwrap().get_mut(&pid) {
+            if !w.blockers.contains(&blocker) {
+                w.blockers.push(blocker);
+            }
+        }
+    }
+
     /// Stops watching `pid` and returns what was seen while it was watched.
     pub fn take(&self, pid: i32) -> Seen {
         self.watched
@@ -259,24 +285,26 @@ impl BlockerWatch {
     /// The map stays locked meanwhile, so that the step cannot finish and start another
     /// statement between the check and the cancel (a cancel that reaches an idle session is
     /// ignored by the server).
-    fn poll_guards(&self, client: &mut Client) -> std::result::Result<(), postgres::Error> {
+    fn poll_guards(&self, client: &mut Client) {
         let mut map = self.watched.lock().unwrap();
         for (pid, w) in map.iter_mut() {
             if w.guard.is_empty() || w.stopped_for_deadlock {
                 continue;
             }
-            if !client
-                .query(STOP_BEFORE_DEADLOCK, &[pid, &w.guard])?
-                .is_empty()
-            {
-                log::info!(
-                    "{}: a transaction that read the table waits for it to write: stopping it before it deadlocks",
-                    w.step
-                );
-                w.stopped_for_deadlock = true;
+            // A failed check (a guarded table renamed meanwhile) stops nothing: the step's own
+            // checks still hold. It is not the lock connection failing either.
+            match client.query(STOP_BEFORE_DEADLOCK, &[&w.guard, pid]) {
+                Ok(rows) if !rows.is_empty() => {
+                    log::info!(
+                        "{}: a transaction that holds a lock on a table it needs waits for it: stopping it before it deadlocks",
+                        w.step
+                    );
+                    w.stopped_for_deadlock = true;
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("{}: the deadlock guard's check failed: {e}", w.step),
             }
         }
-        Ok(())
     }
 
     /// One poll: which watched pids wait for a lock, and for whom; then the progress of the
@@ -287,7 +315,7 @@ impl BlockerWatch {
             return Ok(());
         }
         self.poll_waits(client, &pids)?;
-        self.poll_guards(client)?;
+        self.poll_guards(client);
         self.poll_progress(client)
     }
 

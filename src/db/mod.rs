@@ -4,15 +4,17 @@
 //!   starts before PostgreSQL accepts connections ([`connect_with_wait`]);
 //! - the session settings every runner connection gets, whatever the role or database sets
 //!   ([`Conn::setup`]): `application_name`, `search_path` (the schema it migrates),
-//!   `lock_timeout`, and no `statement_timeout`, `idle_in_transaction_session_timeout`,
+//!   `lock_timeout`, ISO `DateStyle` (so that what it reads back, partition bounds among it,
+//!   parses back exactly), and no `statement_timeout`, `idle_in_transaction_session_timeout`,
 //!   `idle_session_timeout` or `transaction_timeout` (a managed service's defaults would cancel a
 //!   concurrent index build or close the connection holding the migration lock), plus
 //!   `client_connection_check_interval` so that the server ends a dead runner's statements;
-//! - every connection registered with the run's [`Interrupt`], so that a signal cancels its
+//! - every connection registered with the run's `Interrupt`, so that a signal cancels its
 //!   statement on the server;
 //! - the migration lock ([`lock`]): a session-level advisory lock, kept alive and watched;
-//! - refusing a transaction-mode pooler before anything changes ([`pooler`]);
-//! - retrying a step that hit `lock_timeout` ([`retry`]).
+//! - refusing a transaction-mode pooler before anything changes (`pooler`);
+//! - retrying a step that hit `lock_timeout`, lost a deadlock or gave way before one
+//!   ([`retry`]).
 
 pub mod lock;
 pub(crate) mod pooler;
@@ -42,7 +44,7 @@ pub const CLIENT_CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const PERMANENT_CONNECT_ERRORS: &[&str] = &["28000", "28P01", "3D000", "42501"];
 
 /// One connection of a run: the driver's client, its backend pid and server version, and its
-/// registration with the run's [`Interrupt`]. Derefs to the client.
+/// registration with the run's `Interrupt`. Derefs to the client.
 pub struct Conn {
     client: Client,
     pid: i32,
@@ -80,6 +82,12 @@ impl Conn {
         let mut sql = format!("SET search_path = {}", quote_ident(&settings.schema));
         let mut sets = vec![
             ("lock_timeout", format!("{}ms", lock_timeout.as_millis())),
+            // What the runner reads back from the server (partition bounds printed by
+            // `pg_get_expr`) must parse back exactly: ISO prints numeric offsets where other
+            // styles print zone abbreviations, some of them ambiguous. The input order stays
+            // PostgreSQL's default, and the time zone the session's, so that no migration's
+            // literal changes meaning.
+            ("DateStyle", "ISO, MDY".into()),
             ("statement_timeout", "0".into()),
             ("idle_in_transaction_session_timeout", "0".into()),
         ];
@@ -246,7 +254,7 @@ pub fn connect_once(settings: &Settings) -> Result<Conn> {
 }
 
 /// Connects, retrying with backoff until `settings.connect_wait` has passed, and applies the
-/// session settings. Configuration errors ([`classify`]: credentials, an unknown database or
+/// session settings. Configuration errors (`classify`: credentials, an unknown database or
 /// role, TLS) fail at once: waiting would not fix them.
 pub fn connect_with_wait(settings: &Settings) -> Result<Conn> {
     let mut conn = connect_raw_with_wait(settings)?;

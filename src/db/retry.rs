@@ -1,10 +1,12 @@
-//! Retrying a step that hit `lock_timeout` (SQLSTATE 55P03) or lost a deadlock (40P01, or
-//! [`WOULD_DEADLOCK`]: a step that stopped itself before it would close one) with exponential
-//! backoff and jitter (each pause drawn from the upper half of its backoff). Why: a DDL statement
-//! waiting in the lock queue blocks every later query on that table, so it must give up quickly
-//! and try again later rather than wait; a deadlock aborts one of its transactions, and when it
-//! is the runner's, doing the step again is all it takes; jitter keeps several runners or workers
-//! from retrying in lockstep. Every pause wakes at once when the run is interrupted.
+//! Retrying a step that hit `lock_timeout` (SQLSTATE 55P03), lost a deadlock (40P01), or gave way
+//! before it would wait where it should not ([`WOULD_DEADLOCK`], [`STEPPED_ASIDE`],
+//! [`LONG_HOLDER`]), with exponential backoff and jitter (each pause drawn from the upper half of
+//! its backoff). Why: a DDL statement waiting in the lock queue blocks every later query on that
+//! table, so it must give up quickly and try again later rather than wait; a deadlock aborts one
+//! of its transactions, and when it is the runner's, doing the step again is all it takes;
+//! jitter keeps several runners or workers from retrying in lockstep. Every pause wakes at once
+//! when the run is interrupted. The checks a guarded step makes before it waits are here too
+//! (`ensure_no_long_holder`, `ensure_none_waiting`).
 
 use std::time::Duration;
 
@@ -17,15 +19,27 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 const DEADLOCK_DETECTED: &str = "40P01";
 const QUERY_CANCELED: &str = "57014";
 
-/// The SQLSTATE a step raises (in a `DO` block) to stop before taking a lock that would close a
-/// deadlock with an application transaction waiting for it: retried like a deadlock.
+/// A step stopped before taking a lock that would close a deadlock with an application
+/// transaction waiting for it: retried like a deadlock (the next attempt takes its strongest
+/// locks first).
 pub const WOULD_DEADLOCK: &str = "MC001";
+
+/// A lock taken while the step held others waited longer than
+/// [`crate::engine::step::SHORT_WAIT`]: the step gave way (and is retried as it was).
+pub const STEPPED_ASIDE: &str = "MC002";
+
+/// A transaction has held a lock on a table the step guards for long: the step did not start
+/// (its locks would queue behind that transaction and block everyone behind them), and is
+/// retried after a pause.
+pub const LONG_HOLDER: &str = "MC003";
+
+/// How long a transaction may have held a lock on a guarded table before a guarded step waits,
+/// unqueued, for it to end.
+pub const LONG_HOLDER_AFTER: Duration = Duration::from_secs(1);
 
 /// What an attempt knows of the ones before it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Attempt {
-    /// 0 for the first.
-    pub number: u32,
     /// Whether an earlier attempt lost a deadlock or stopped before one.
     pub after_deadlock: bool,
 }
@@ -74,11 +88,11 @@ impl LockPolicy {
         let mut blockers: Vec<i32> = Vec::new();
         let mut state = Attempt::default();
         let mut deadlocks = 0;
+        let mut last = String::new();
         for n in 0..=self.retries {
             self.interrupt.check()?;
             // After a deadlock the step takes its strongest locks first: nothing to guard.
             watch.watch(pid, step, if state.after_deadlock { &[] } else { guard });
-            state.number = n;
             let outcome = attempt(state);
             let seen = watch.take(pid);
             let err = match outcome {
@@ -93,7 +107,11 @@ impl LockPolicy {
                 Err(e) => e,
             };
             let deadlock = matches!(err.sqlstate(), Some(DEADLOCK_DETECTED | WOULD_DEADLOCK));
-            if !deadlock && err.sqlstate() != Some(LOCK_NOT_AVAILABLE) {
+            let waited = matches!(
+                err.sqlstate(),
+                Some(LOCK_NOT_AVAILABLE | STEPPED_ASIDE | LONG_HOLDER)
+            );
+            if !deadlock && !waited {
                 return Err(err);
             }
             for pid in seen.blockers {
@@ -103,14 +121,12 @@ impl LockPolicy {
             }
             deadlocks += u32::from(deadlock);
             state.after_deadlock |= deadlock;
+            let why = reason(&err, self.lock_timeout);
+            last = why.clone();
             if n == self.retries {
                 break;
             }
             let pause = jitter(backoff(n));
-            let why = match &err {
-                Error::Database { cause, .. } if deadlock => cause.clone(),
-                _ => format!("no lock within {:?}", self.lock_timeout),
-            };
             let by = if blockers.is_empty() {
                 String::new()
             } else {
@@ -127,11 +143,104 @@ impl LockPolicy {
         Err(Error::LockTimeout {
             step: step.to_string(),
             attempts: self.retries + 1,
-            lock_timeout: self.lock_timeout,
+            last,
             deadlocks,
             blockers,
         })
     }
+}
+
+/// Why an attempt gave way, for the log and the final error.
+fn reason(err: &Error, lock_timeout: Duration) -> String {
+    match (err.sqlstate(), err) {
+        (Some(LOCK_NOT_AVAILABLE), _) => format!("no lock within {lock_timeout:?}"),
+        (_, Error::Database { cause, .. }) => cause
+            .split_once(": ")
+            .filter(|(code, _)| code.starts_with("SQLSTATE"))
+            .map_or(cause.clone(), |(_, rest)| rest.to_string()),
+        (_, other) => other.to_string(),
+    }
+}
+
+fn gave_way(step: &str, code: &str, cause: String) -> Error {
+    Error::Database {
+        context: step.to_string(),
+        sqlstate: Some(code.to_string()),
+        cause,
+    }
+}
+
+/// [`LONG_HOLDER`] when a transaction other than this session's has held a lock on one of
+/// `guard` (`regclass` texts) for longer than [`LONG_HOLDER_AFTER`]. Takes no lock.
+/// The holder is noted in `watch` as a blocker of step session `me`.
+pub(crate) fn ensure_no_long_holder(
+    client: &mut postgres::Client,
+    (watch, me): (&BlockerWatch, i32),
+    step: &str,
+    guard: &[String],
+) -> Result<()> {
+    let secs = LONG_HOLDER_AFTER.as_secs_f64();
+    let row = client
+        .query_opt(super::lock::LONG_HOLDER, &[&guard, &secs])
+        .map_err(|e| Error::db(step, e))?;
+    match row {
+        None => Ok(()),
+        Some(r) => Err({
+            watch.saw(me, r.get(0));
+            gave_way(
+            step,
+            LONG_HOLDER,
+            format!(
+                "pid {} has held a lock on {} for {:.0}s: waiting, without queueing, for its transaction to end (the step's locks would queue behind it and stop everyone behind them)",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, f64>(2)
+            ),
+        )
+        }),
+    }
+}
+
+/// [`WOULD_DEADLOCK`] when a transaction holding a lock on one of `guard` waits for this one:
+/// taking another lock now could close a deadlock whose victim would be that transaction.
+pub(crate) fn ensure_none_waiting(
+    tx: &mut postgres::Transaction<'_>,
+    step: &str,
+    guard: &[String],
+) -> Result<()> {
+    if guard.is_empty() {
+        return Ok(());
+    }
+    let row = tx
+        .query_opt(super::lock::WAITS_FOR, &[&guard])
+        .map_err(|e| Error::db(step, e))?;
+    match row {
+        None => Ok(()),
+        Some(r) => Err(gave_way(
+            step,
+            WOULD_DEADLOCK,
+            format!(
+                "pid {}, which holds a lock on {}, waits for this step: taking another lock now could deadlock with it, so the step starts over with its locks taken first",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1)
+            ),
+        )),
+    }
+}
+
+/// A lock that waited past its short wait (55P03) as [`STEPPED_ASIDE`].
+pub(crate) fn stepped_aside(err: Error, step: &str) -> Error {
+    if err.sqlstate() != Some(LOCK_NOT_AVAILABLE) {
+        return err;
+    }
+    gave_way(
+        step,
+        STEPPED_ASIDE,
+        format!(
+            "a lock taken while holding others waited over {}ms: gave way rather than make others wait behind it",
+            crate::engine::step::SHORT_WAIT.as_millis()
+        ),
+    )
 }
 
 /// 250ms, 500ms, 1s, ... capped at 15s.

@@ -35,10 +35,14 @@ pub use step::{Action, Step};
 /// One leaf (or plain table) and the steps it still needs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Item {
+    /// Its oid in `pg_class` (not serialized).
     #[serde(skip)]
     pub oid: u32,
+    /// The leaf partition (or the plain table).
     pub relation: Relation,
+    /// Its rows as the catalog estimates them (`reltuples`; 0 if never analyzed).
     pub estimated_rows: i64,
+    /// The steps it still needs, in the order they run.
     pub steps: Vec<Step>,
 }
 
@@ -47,18 +51,29 @@ pub struct Item {
 pub struct OpPlan {
     #[serde(skip)]
     pub(crate) op: &'static dyn Operation,
+    /// The operation's stable id: the constraint or index name.
     pub id: &'static str,
+    /// `foreign key`, `index`, `unique index` or `check`.
     pub kind: &'static str,
+    /// The table it is on (the root of its partition tree).
     pub table: Relation,
+    /// Whether that table is partitioned.
     pub partitioned: bool,
     /// Leaf partitions (1 for a table that is not partitioned).
     pub partitions: usize,
+    /// Rows of all its leaves, as the catalog estimates them (`reltuples`).
     pub estimated_rows: i64,
     /// Leaves with nothing left to do.
     pub leaves_done: usize,
+    /// Steps on the main connection before the per-partition items (e.g. the parent's index
+    /// `ON ONLY`, or the parent's constraint NOT VALID).
     pub before: Vec<Step>,
+    /// The leaves that still need steps, worked by the `--jobs` connections.
     pub items: Vec<Item>,
+    /// Steps on the main connection after the items (e.g. the parent's adoption or validation).
     pub after: Vec<Step>,
+    /// Objects of a declared name that are not what is declared: the run refuses before any
+    /// change while there is one.
     pub conflicts: Vec<Conflict>,
     /// The constraint goes on the parent NOT VALID first (PostgreSQL 18+, fresh start).
     pub parent_not_valid: bool,
@@ -109,6 +124,7 @@ impl OpPlan {
         }
     }
 
+    /// Whether nothing is left: no conflict and no step to run.
     pub fn is_done(&self) -> bool {
         self.conflicts.is_empty()
             && self.before.is_empty()
@@ -116,6 +132,7 @@ impl OpPlan {
             && self.after.is_empty()
     }
 
+    /// Every step left: `before`, then the items' steps, then `after`.
     pub fn steps(&self) -> impl Iterator<Item = &Step> {
         self.before
             .iter()
@@ -217,13 +234,19 @@ pub(crate) fn ensure_no_conflicts(plans: &[OpPlan]) -> Result<()> {
 /// What one operation did.
 #[derive(Clone, Debug, Serialize)]
 pub struct OpReport {
+    /// The operation's stable id: the constraint or index name.
     pub id: String,
+    /// `foreign key`, `index`, `unique index` or `check`.
     pub kind: String,
+    /// The table it is on, as `schema.name`.
     pub table: String,
+    /// Leaf partitions (1 for a table that is not partitioned).
     pub partitions: usize,
+    /// Rows of all its leaves when it was planned, as the catalog estimated them (`reltuples`).
     pub estimated_rows: i64,
     /// Leaves that needed nothing (a resumed run).
     pub already_done: usize,
+    /// Whether the constraint went on the parent NOT VALID first (PostgreSQL 18+, fresh start).
     pub parent_not_valid: bool,
     /// Steps run, by action (`add-not-valid`, `validate`, `build`, ...).
     pub actions: BTreeMap<String, usize>,

@@ -5,8 +5,13 @@
 //!
 //! - *bounded*: statements whose locks, even while queued, would block writes run in one
 //!   transaction of their own with `SET LOCAL lock_timeout` and are retried with backoff when
-//!   they hit it or lose a deadlock ([`LockPolicy`]); a step may carry other statements for the
-//!   attempts after a deadlock ([`Step::on_deadlock`]);
+//!   they hit it or lose a deadlock ([`LockPolicy`]). A step that takes several locks guards the
+//!   tables it would deadlock on ([`Step::guard`]): it waits, without queueing, for a transaction
+//!   that has held a lock on them for long; each lock it takes while holding others
+//!   ([`Statement::short_wait`]) waits briefly, and only once it has checked that no transaction
+//!   holding a lock on them waits for it; otherwise it steps aside and is retried, so that an
+//!   application transaction is never a deadlock's victim. A step may carry other statements
+//!   for the attempts after a deadlock ([`Step::on_deadlock`]), and a role to run as;
 //! - *patient*: a statement that takes only SHARE UPDATE EXCLUSIVE (VALIDATE, the CONCURRENTLY
 //!   forms) never blocks reads or writes, so it waits as long as needed, watched by
 //!   [`BlockerWatch`] (giving up would throw away a long scan or build).
@@ -18,7 +23,7 @@ use postgres::Client;
 use serde::Serialize;
 
 use crate::catalog;
-use crate::db::{BlockerWatch, LockPolicy};
+use crate::db::{retry, BlockerWatch, LockPolicy};
 use crate::error::{Error, Result};
 use crate::sql::Relation;
 
@@ -66,8 +71,8 @@ pub enum Action {
     Build,
     /// `ALTER INDEX ... ATTACH PARTITION`.
     Attach,
-    /// An empty standalone table of a month's name that an interrupted run left: dropped, so that
-    /// the month is created afresh (nothing of it is reused).
+    /// An empty standalone table of a month's name that an interrupted run or a failed month
+    /// left: dropped, so that the month is created afresh (nothing of it is reused).
     DropLeftover,
     /// A new month's table, standalone, `LIKE` its parent with its indexes, with a CHECK of its
     /// bounds, its parent's owner and tablespace, and the grants and row-level security of the
@@ -182,18 +187,63 @@ impl LockClaim {
     }
 }
 
+/// How long a lock taken while the step holds others may wait ([`Statement::short_wait`]):
+/// well below PostgreSQL's `deadlock_timeout` (1 s by default), so that a deadlock it would
+/// close is broken by this step giving up before any application transaction detects it.
+pub const SHORT_WAIT: Duration = Duration::from_millis(100);
+
+/// One statement of a step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Statement {
+    pub sql: String,
+    /// It takes a lock while the step holds others: the step first checks that no transaction
+    /// holding a lock on its guarded tables waits for it, and the statement waits at most
+    /// [`SHORT_WAIT`]; otherwise the step steps aside (and is retried).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub short_wait: bool,
+}
+
+impl Statement {
+    /// A statement that waits for its locks as the step's rule says.
+    pub fn new(sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            short_wait: false,
+        }
+    }
+
+    /// A statement that takes its locks with a short wait (see [`Statement::short_wait`]).
+    pub fn short(sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            short_wait: true,
+        }
+    }
+}
+
+impl From<String> for Statement {
+    fn from(sql: String) -> Statement {
+        Statement::new(sql)
+    }
+}
+
 /// One step, planned from the catalog.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
+    /// `operation:schema.table:action`: what resuming and the logs name it by.
     pub id: StepId,
+    /// What it does.
     pub action: Action,
-    /// Its statements, sent one per query (none for [`Action::AwaitBuild`]); those of a bounded
+    /// Its statements, sent one per query (none for `Action::AwaitBuild`); those of a bounded
     /// step in one transaction.
-    pub statements: Vec<String>,
+    pub statements: Vec<Statement>,
     /// The statements of the attempts after one lost a deadlock (40P01) or stopped before
     /// causing one: the same work with its strongest locks taken first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_deadlock: Option<Vec<String>>,
+    pub on_deadlock: Option<Vec<Statement>>,
+    /// The role it runs as (`SET LOCAL ROLE`), when it is not the session's: the table's owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
     /// The locks it takes, for logs and `--dry-run` (measured with `pg_locks`).
     pub locks: String,
     /// The strongest lock it holds on each table, where the step says (a test compares them
@@ -202,33 +252,37 @@ pub struct Step {
     pub claims: Vec<LockClaim>,
     /// Whether `--lock-timeout` bounds it.
     pub bounded: bool,
-    /// For [`Action::AwaitBuild`]: the table and index whose builds to wait for.
+    /// For `Action::AwaitBuild`: the table and index whose builds to wait for.
     #[serde(skip)]
     pub await_build: Option<(u32, u32)>,
-    /// Tables on which a transaction that waits for this step while holding a lock would
-    /// deadlock with its lock upgrade: the step is stopped when one does, and its next attempt
-    /// runs [`Step::on_deadlock`] (see [`BlockerWatch`]).
+    /// The live tables among its claims: a transaction that holds a lock on one and waits for
+    /// this step would deadlock with its next lock, so the step is stopped when one does and its
+    /// next attempt runs [`Step::on_deadlock`] (see `BlockerWatch`); and one that has held a
+    /// lock on one for over a second is waited out before the step queues its locks.
     #[serde(skip)]
     pub guard: Vec<String>,
 }
 
 impl Step {
+    /// A step of one statement.
     pub fn new(op: &str, on: &Relation, action: Action, sql: String, locks: String) -> Step {
-        Step::with_statements(op, on, action, vec![sql], locks)
+        Step::with_statements(op, on, action, vec![Statement::new(sql)], locks)
     }
 
+    /// A step of several statements, sent one per query.
     pub fn with_statements(
         op: &str,
         on: &Relation,
         action: Action,
-        statements: Vec<String>,
+        statements: Vec<Statement>,
         locks: String,
     ) -> Step {
         Step {
             id: StepId::new(op, on, action),
             action,
-            statements: statements.into_iter().filter(|s| !s.is_empty()).collect(),
+            statements: statements.into_iter().filter(|s| !s.sql.is_empty()).collect(),
             on_deadlock: None,
+            run_as: None,
             locks,
             claims: Vec::new(),
             bounded: action.bounded(),
@@ -271,6 +325,13 @@ fn describe_claims(claims: &[LockClaim], note: &str) -> String {
     }
 }
 
+/// `SET LOCAL ROLE` for a step that runs as another role.
+fn role(step: &Step) -> Option<String> {
+    step.run_as
+        .as_ref()
+        .map(|r| format!("SET LOCAL ROLE {}", crate::sql::Ident::new(r.as_str())))
+}
+
 /// What every step on one connection needs besides its client: its backend pid (for naming
 /// blockers), the watch, and the lock policy (which carries the run's interrupt).
 #[derive(Clone, Copy)]
@@ -292,7 +353,7 @@ impl StepCtx<'_> {
                 self.await_builds(client, id, table, index)?
             }
             _ if step.bounded => self.bounded(client, step)?,
-            _ => self.patient(client, id, &step.statements)?,
+            _ => self.patient(client, step)?,
         }
         let took = started.elapsed();
         log::debug!("step {id}: done in {:.3}s", took.as_secs_f64());
@@ -305,32 +366,77 @@ impl StepCtx<'_> {
     /// next run (and any later synchronous commit flushes it first).
     fn bounded(&self, client: &mut Client, step: &Step) -> Result<()> {
         let id = step.id.as_str();
-        let settings = [
+        let mut settings = vec![
             format!(
                 "SET LOCAL lock_timeout = '{}ms'",
                 self.policy.lock_timeout.as_millis()
             ),
             "SET LOCAL synchronous_commit = off".to_string(),
         ];
+        settings.extend(role(step));
         self.policy
             .run_guarded(id, self.pid, self.watch, &step.guard, |attempt| {
                 let statements = match (&step.on_deadlock, attempt.after_deadlock) {
                     (Some(other), true) => other,
                     _ => &step.statements,
                 };
+                if !step.guard.is_empty() {
+                    retry::ensure_no_long_holder(client, (self.watch, self.pid), id, &step.guard)?;
+                }
                 let mut tx = client.transaction().map_err(|e| Error::db(id, e))?;
-                for sql in settings.iter().chain(statements) {
+                for sql in &settings {
                     tx.batch_execute(sql).map_err(|e| Error::db(id, e))?;
+                }
+                for st in statements {
+                    self.execute(&mut tx, id, st, &step.guard)?;
                 }
                 tx.commit().map_err(|e| Error::db(id, e))
             })
     }
 
-    fn patient(&self, client: &mut Client, id: &str, statements: &[String]) -> Result<()> {
+    /// One statement of a bounded step; one that takes a lock while the step holds others only
+    /// after checking that no transaction holding a lock on `guard` waits for the step, and
+    /// with a wait of [`SHORT_WAIT`] (see the module docs).
+    fn execute(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        id: &str,
+        st: &Statement,
+        guard: &[String],
+    ) -> Result<()> {
+        if !st.short_wait {
+            return tx.batch_execute(&st.sql).map_err(|e| Error::db(id, e));
+        }
+        retry::ensure_none_waiting(tx, id, guard)?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", SHORT_WAIT.as_millis()))
+            .map_err(|e| Error::db(id, e))?;
+        tx.batch_execute(&st.sql)
+            .map_err(|e| retry::stepped_aside(Error::db(id, e), id))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.policy.lock_timeout.as_millis()
+        ))
+        .map_err(|e| Error::db(id, e))
+    }
+
+    /// Statements that take only SHARE UPDATE EXCLUSIVE, waiting as long as needed; in a
+    /// transaction when the step runs as another role.
+    fn patient(&self, client: &mut Client, step: &Step) -> Result<()> {
+        let id = step.id.as_str();
         self.watch.watch(self.pid, id, &[]);
-        let outcome = statements
-            .iter()
-            .try_for_each(|sql| client.batch_execute(sql));
+        let outcome = match role(step) {
+            None => step
+                .statements
+                .iter()
+                .try_for_each(|st| client.batch_execute(&st.sql)),
+            Some(set_role) => client.transaction().and_then(|mut tx| {
+                tx.batch_execute(&set_role)?;
+                for st in &step.statements {
+                    tx.batch_execute(&st.sql)?;
+                }
+                tx.commit()
+            }),
+        };
         self.watch.take(self.pid);
         outcome.map_err(|e| Error::db(id, e))
     }

@@ -138,6 +138,18 @@ pub fn add_rows_in_default(c: &mut Client) {
     .unwrap();
 }
 
+/// 20000 rows of 2023-06 (500 bytes each) into messages' DEFAULT, outside the window: a
+/// DEFAULT above the 8 MiB up to which a month's exclusion CHECK is validated inside its attach,
+/// so that it takes steps of its own.
+pub fn pad_default(c: &mut Client) {
+    c.batch_execute(
+        "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
+           SELECT 'pad-' || g, 't1', 'c1', 'user', repeat('x', 500), timestamptz '2023-06-01 00:00+00' + g * interval '1 second'
+             FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+}
+
 /// Roles made for one test, named `<prefix>_<name>`; dropped when this goes out of scope
 /// (declare it before the database that uses them, so that the database is dropped first).
 pub struct Roles {

@@ -2,28 +2,34 @@
 //! INDEXES` gives those, named and placed as `PARTITION OF` would): it is created standalone, so
 //! nothing else is inherited for free. Read once per table, from the catalog:
 //!
-//! - the owner: the parent's, whichever role runs the runner (indexes follow the table);
+//! - the owner: every step of the table's months runs as the table's owner (`SET LOCAL ROLE`),
+//!   whichever role runs the runner, so the month is the owner's (its indexes too) and gets the
+//!   owner's default privileges, as if the owner had made it;
 //! - the tablespace: the parent's, as `PARTITION OF` gives it (each index gets its parent
 //!   index's through `LIKE`);
 //! - the grants: the parent's and those of the newest month (applications grant on partitions
 //!   directly), table and column privileges, as pg_partman's `inherit_privileges` does;
-//! - row-level security: the newest month's state (enabled, forced) and its policies, with each
-//!   policy's expression checked to come out the same on the new month; one that cannot (it
-//!   names that month itself) refuses the month, saying why;
-//! - what a move out of DEFAULT would do downstream: the publications that cover the table.
+//! - row-level security: the state (enabled, forced) and the policies of the newest partition
+//!   that has it, DEFAULT last (a month without it next to protected ones would expose the rows
+//!   moved into it), each policy's expression checked to come out the same on the new month;
+//!   one that cannot (it names that partition itself) refuses the months, saying why;
+//! - what a move out of DEFAULT would do downstream: the publications that cover the table or
+//!   any of its partitions, matched by oid.
 //!
-//! Also whether this run's role may do all of it, so that a month it cannot complete is refused
-//! before anything is changed.
+//! Also whether this run may do all of it: act as the owner, and the owner create tables in the
+//! schema and tablespaces, and reference the tables its keys reference; otherwise the table's
+//! months are refused before anything is changed, saying what to grant.
 
-use crate::catalog::Reader;
+use postgres::types::ToSql;
 use serde::Serialize;
 
 use super::window::Window;
+use crate::catalog::Reader;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
 use crate::sql::Relation;
 
-/// A publication that covers the table.
+/// A publication that covers the table or one of its partitions.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Publication {
     pub name: String,
@@ -31,13 +37,18 @@ pub struct Publication {
     pub via_root: bool,
     pub inserts: bool,
     pub deletes: bool,
+    /// It publishes the table itself (through its root).
+    pub root: bool,
+    /// It publishes partitions under their own names.
+    pub partitions: bool,
 }
 
 impl Publication {
     /// Why a move out of DEFAULT would leave its subscribers with other rows than the
     /// publisher, if it would. Through the root, the move is published as a delete and an insert
-    /// of each row on the table; through the partitions, as an insert into a partition no
-    /// subscription has yet; with only one of insert and delete published, as half of it.
+    /// of each row on the table; through a partition, as a delete from DEFAULT and an insert
+    /// into a partition no subscription has yet; with only one of insert and delete published,
+    /// as half of it.
     pub fn move_hazard(&self) -> Option<String> {
         if !self.inserts && !self.deletes {
             return None;
@@ -50,28 +61,21 @@ impl Publication {
                 if self.inserts { "deletes" } else { "inserts" },
             ));
         }
-        (!self.via_root).then(|| format!(
-            "publication {} publishes the partitions under their own names (publish_via_partition_root = false), so its subscribers would apply the rows' deletion from DEFAULT but not their insertion into the new partition, which no subscription has yet",
+        (self.partitions || !self.via_root || !self.root).then(|| format!(
+            "publication {} publishes partitions of the table under their own names, so its subscribers would apply the rows' deletion from DEFAULT but not their insertion into the new partition, which no subscription has yet (publish the table itself with publish_via_partition_root = true)",
             self.name
         ))
     }
 }
 
-/// What every new month of one table carries, and whether this run may give it.
-#[derive(Clone, Debug, Default)]
-pub struct Carry {
-    /// The parent's owner, when it is not this run's role (`ALTER TABLE ... OWNER TO`).
-    owner: Option<String>,
-    tablespace: Option<String>,
-    /// `GRANT ...` statements, with `{}` for the new month.
-    grants: Vec<String>,
-    rls: (bool, bool),
-    policies: Vec<Policy>,
-    /// The month the grants and row-level security are taken from.
-    pub newest: Option<Relation>,
-    pub publications: Vec<Publication>,
-    /// Why no month of this table can be created by this run, if so.
-    pub refusal: Option<String>,
+/// A grant to carry: table-level when `column` is `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    column: Option<String>,
+    /// Quoted, or `PUBLIC`.
+    grantee: String,
+    privilege: String,
+    grantable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -84,18 +88,46 @@ struct Policy {
     check: Option<String>,
 }
 
-const PARENT: &str = "SELECT pg_get_userbyid(c.relowner)::text, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), \
-       coalesce(t.spcname::text, ''), \
-       has_schema_privilege(c.relnamespace, 'CREATE'), \
-       coalesce(t.spcname IS NULL OR has_tablespace_privilege(t.oid, 'CREATE'), true), \
+/// What every new month of one table carries, and whether this run may give it.
+#[derive(Clone, Debug, Default)]
+pub struct Carry {
+    /// The table's owner, when it is not this run's role: the months' steps run as it.
+    pub run_as: Option<String>,
+    tablespace: Option<String>,
+    grants: Vec<Grant>,
+    /// Row-level security: (enabled, forced), and the partition it is taken from.
+    rls: (bool, bool),
+    rls_from: Option<Relation>,
+    policies: Vec<Policy>,
+    /// Tables the carried policies read: creating them locks those ACCESS SHARE.
+    pub policy_tables: Vec<Relation>,
+    pub publications: Vec<Publication>,
+    /// Whether the owner may create temporary tables (a move published through the root keeps
+    /// its rows in one until the attach).
+    pub may_use_temp: bool,
+    /// Why no month of this table can be created by this run, if so.
+    pub refusal: Option<String>,
+}
+
+/// The owner, and what it and this run's role may do. $1 the table.
+const PRIVILEGES: &str = "WITH t AS (SELECT oid, relowner, relnamespace, reltablespace FROM pg_class WHERE oid = $1::text::regclass) \
+     SELECT pg_get_userbyid(t.relowner)::text, current_user::text, \
+       t.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), \
+       coalesce((SELECT spcname::text FROM pg_tablespace WHERE oid = t.reltablespace), ''), \
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
-         OR CASE WHEN current_setting('server_version_num')::int >= 160000 THEN pg_has_role(current_user, c.relowner, 'SET') \
-                 ELSE pg_has_role(current_user, c.relowner, 'MEMBER') END, \
-       current_user::text \
-     FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = $1::text::regclass";
+         OR CASE WHEN current_setting('server_version_num')::int >= 160000 THEN pg_has_role(current_user, t.relowner, 'SET') \
+                 ELSE pg_has_role(current_user, t.relowner, 'MEMBER') END, \
+       has_schema_privilege(t.relowner, t.relnamespace, 'CREATE'), \
+       ARRAY(SELECT s.spcname::text FROM pg_tablespace s WHERE s.oid IN (SELECT t.reltablespace UNION \
+               SELECT ic.reltablespace FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid WHERE x.indrelid = t.oid) \
+             AND NOT has_tablespace_privilege(t.relowner, s.oid, 'CREATE') ORDER BY 1), \
+       ARRAY(SELECT DISTINCT k.confrelid::regclass::text FROM pg_constraint k WHERE k.conrelid = t.oid AND k.contype = 'f' \
+             AND NOT has_table_privilege(t.relowner, k.confrelid, 'REFERENCES') ORDER BY 1), \
+       has_database_privilege(t.relowner, current_database(), 'TEMP') \
+     FROM t";
 
 /// Table and column grants of the parent ($1) and the newest month ($2), but the owners' own.
-const GRANTS: &str = "SELECT DISTINCT coalesce(a.attname::text, ''), \
+const GRANTS: &str = "SELECT DISTINCT a.attname::text, \
        CASE x.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END, \
        x.privilege_type, x.is_grantable \
      FROM pg_class c \
@@ -107,99 +139,123 @@ const GRANTS: &str = "SELECT DISTINCT coalesce(a.attname::text, ''), \
        AND x.grantee <> (SELECT relowner FROM pg_class WHERE oid = $1::text::regclass) \
      ORDER BY 1, 2, 3, 4";
 
-const RLS: &str =
-    "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::text::regclass";
+/// Row-level security of the partitions $1 (in the order given).
+const RLS: &str = "SELECT p.rel, c.relrowsecurity, c.relforcerowsecurity \
+     FROM unnest($1::text[]) WITH ORDINALITY p(rel, o) JOIN pg_class c ON c.oid = p.rel::regclass ORDER BY p.o";
 
 const POLICIES: &str = "SELECT p.polname::text, p.polcmd::text, p.polpermissive, \
        ARRAY(SELECT CASE r WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END FROM unnest(p.polroles) r ORDER BY 1), \
        pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid) \
      FROM pg_policy p WHERE p.polrelid = $1::text::regclass ORDER BY p.polname";
 
-/// Publications that publish the table or its DEFAULT partition ($1 schema, $2 and $3 names).
-const PUBLICATIONS: &str =
-    "SELECT p.pubname::text, p.pubviaroot, p.pubinsert, p.pubdelete FROM pg_publication p \
-     WHERE EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname \
-                     AND t.schemaname = $1 AND t.tablename IN ($2, $3)) ORDER BY 1";
+/// The tables (other than the partition itself) that the policies of $1 read.
+const POLICY_TABLES: &str = "SELECT DISTINCT n.nspname::text, r.relname::text FROM pg_policy p \
+       JOIN pg_depend d ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid AND d.refclassid = 'pg_class'::regclass \
+       JOIN pg_class r ON r.oid = d.refobjid JOIN pg_namespace n ON n.oid = r.relnamespace \
+     WHERE p.polrelid = $1::text::regclass AND d.refobjid <> p.polrelid AND r.relkind IN ('r', 'p') ORDER BY 1, 2";
 
-fn db(what: &'static str) -> impl Fn(postgres::Error) -> Error {
-    move |e| Error::db(what, e)
+/// Publications that cover the table ($1) or any partition of it, by oid: whether each lists the
+/// table itself, and whether it lists partitions.
+const PUBLICATIONS: &str = "WITH tree AS (SELECT relid, level FROM pg_partition_tree($1::text::regclass)) \
+     SELECT p.pubname::text, p.pubviaroot, p.pubinsert, p.pubdelete, bool_or(tree.level = 0), bool_or(tree.level > 0) \
+     FROM pg_publication p \
+     JOIN pg_publication_tables pt ON pt.pubname = p.pubname \
+     JOIN pg_namespace n ON n.nspname = pt.schemaname \
+     JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+     JOIN tree ON tree.relid = c.oid \
+     GROUP BY 1, 2, 3, 4 ORDER BY 1";
+
+fn query(
+    c: &mut dyn Reader,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<postgres::Row>> {
+    c.query(sql, params).map_err(|e| Error::db(what, e))
 }
 
 /// Reads what the months of `window`'s table carry. Read-only.
 pub fn read(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
     let table = window.table.to_string();
-    let row = c
-        .query_one(PARENT, &[&table])
-        .map_err(db("reading the table's owner and tablespace"))?;
-    let (owner, is_me, tablespace, may_create, may_use_space, may_give, me): (
-        String,
-        bool,
-        String,
-        bool,
-        bool,
-        bool,
-        String,
-    ) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
-    let mut carry = Carry {
-        owner: (!is_me).then(|| owner.clone()),
-        tablespace: (!tablespace.is_empty()).then_some(tablespace.clone()),
-        newest: window.newest().cloned(),
-        ..Carry::default()
-    };
-    carry.refusal = if !may_create {
-        Some(format!("this run's role {me} may not create tables in schema {}: grant it CREATE there, or run as the table's owner {owner}", window.table.schema.as_str()))
-    } else if !may_use_space {
-        Some(format!("this run's role {me} may not create tables in tablespace {tablespace}, where {} keeps its partitions: grant it CREATE there, or run as a superuser", window.table.plain()))
-    } else if !may_give {
-        Some(format!("this run's role {me} cannot make {owner} (the owner of {}) the owner of a new month: run as {owner}, as a role that may SET ROLE {owner}, or as a superuser", window.table.plain()))
-    } else {
-        None
-    };
-    let newest = carry
-        .newest
-        .as_ref()
-        .map_or(table.clone(), |n| n.to_string());
-    for r in c
-        .query(GRANTS, &[&table, &newest])
-        .map_err(db("reading the grants of the table and its newest month"))?
-    {
-        let (column, grantee, privilege, grantable): (String, String, String, bool) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let on = if column.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", quote_ident(&column))
-        };
-        carry.grants.push(format!(
-            "GRANT {privilege}{on} ON {{}} TO {grantee}{}",
-            if grantable { " WITH GRANT OPTION" } else { "" }
-        ));
+    let mut carry = privileges(c, window)?;
+    let newest = window.newest().map_or(table.clone(), Relation::to_string);
+    for r in query(c, GRANTS, &[&table, &newest], "reading the grants of the table and its newest month")? {
+        carry.grants.push(Grant {
+            column: r.get(0),
+            grantee: r.get(1),
+            privilege: r.get(2),
+            grantable: r.get(3),
+        });
     }
-    carry.grants.dedup();
-    if let Some(n) = &carry.newest {
-        let r = c
-            .query_one(RLS, &[&n.to_string()])
-            .map_err(db("reading row-level security"))?;
-        carry.rls = (r.get(0), r.get(1));
-        carry.policies = policies(c, n)?;
-    }
-    carry.publications = publications(c, window)?;
+    rls(c, window, &mut carry)?;
+    carry.publications = query(c, PUBLICATIONS, &[&table], "reading the publications of the table")?
+        .into_iter()
+        .map(|r| Publication {
+            name: r.get(0),
+            via_root: r.get(1),
+            inserts: r.get(2),
+            deletes: r.get(3),
+            root: r.get(4),
+            partitions: r.get(5),
+        })
+        .collect();
     Ok(carry)
 }
 
-fn policies(c: &mut dyn Reader, newest: &Relation) -> Result<Vec<Policy>> {
-    let rows = c
-        .query(POLICIES, &[&newest.to_string()])
-        .map_err(db("reading row-level security policies"))?;
-    Ok(rows
+/// The owner, whether this run may act as it, and what the owner may not do.
+fn privileges(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
+    let t = window.table.plain();
+    let r = c
+        .query_one(PRIVILEGES, &[&window.table.to_string()])
+        .map_err(|e| Error::db("reading the table's owner and privileges", e))?;
+    let (owner, me, is_me, space): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (may_become, creates): (bool, bool) = (r.get(4), r.get(5));
+    let (spaces, refs): (Vec<String>, Vec<String>) = (r.get(6), r.get(7));
+    let schema = window.table.schema.as_str();
+    let refusal = if !may_become {
+        Some(format!("this run's role {me} cannot act as {owner}, the owner of {t}, whose months are made as {owner}: run as {owner}, as a role that may SET ROLE {owner}, or as a superuser"))
+    } else if !creates {
+        Some(format!("{owner}, the owner of {t}, may not create tables in schema {schema}, and its months are made as {owner}: GRANT CREATE ON SCHEMA {schema} TO {owner}"))
+    } else if !spaces.is_empty() {
+        Some(format!("{owner}, the owner of {t}, may not create tables in tablespace {}, where its months and their indexes go: GRANT CREATE ON TABLESPACE {} TO {owner}", spaces.join(", "), spaces.join(", ")))
+    } else if !refs.is_empty() {
+        Some(format!("{owner}, the owner of {t}, lacks REFERENCES on {}, which attaching a month needs (it clones the keys): GRANT REFERENCES ON {} TO {owner}", refs.join(", "), refs.join(", ")))
+    } else {
+        None
+    };
+    Ok(Carry {
+        run_as: (!is_me).then_some(owner),
+        tablespace: (!space.is_empty()).then_some(space),
+        may_use_temp: r.get(8),
+        refusal,
+        ..Carry::default()
+    })
+}
+
+/// Row-level security of the newest partition that has it (DEFAULT last), its policies and the
+/// tables they read.
+fn rls(c: &mut dyn Reader, window: &Window, carry: &mut Carry) -> Result<()> {
+    let candidates: Vec<String> = window
+        .ranged
+        .iter()
+        .rev()
+        .map(|r| r.partition.to_string())
+        .chain(window.default.as_ref().map(Relation::to_string))
+        .collect();
+    let rows = query(c, RLS, &[&candidates], "reading row-level security")?;
+    let Some(r) = rows.iter().find(|r| r.get::<_, bool>(1)) else {
+        return Ok(());
+    };
+    let from = r.get::<_, String>(0);
+    carry.rls = (true, r.get(2));
+    let rel = window
+        .ranged
+        .iter()
+        .map(|r| &r.partition)
+        .chain(window.default.as_ref())
+        .find(|p| p.to_string() == from)
+        .cloned();
+    carry.policies = query(c, POLICIES, &[&from], "reading row-level security policies")?
         .into_iter()
         .map(|r| Policy {
             name: r.get(0),
@@ -215,36 +271,19 @@ fn policies(c: &mut dyn Reader, newest: &Relation) -> Result<Vec<Policy>> {
             using: r.get(4),
             check: r.get(5),
         })
-        .collect())
-}
-
-fn publications(c: &mut dyn Reader, window: &Window) -> Result<Vec<Publication>> {
-    let default = window
-        .default
-        .as_ref()
-        .map_or(String::new(), |d| d.name.as_str().to_string());
-    Ok(c.query(
-        PUBLICATIONS,
-        &[
-            &window.table.schema.as_str(),
-            &window.table.name.as_str(),
-            &default,
-        ],
-    )
-    .map_err(db("reading the publications of the table"))?
-    .into_iter()
-    .map(|r| Publication {
-        name: r.get(0),
-        via_root: r.get(1),
-        inserts: r.get(2),
-        deletes: r.get(3),
-    })
-    .collect())
+        .collect();
+    carry.policy_tables = query(c, POLICY_TABLES, &[&from], "reading the tables policies read")?
+        .into_iter()
+        .map(|r| Relation::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    carry.rls_from = rel;
+    Ok(())
 }
 
 /// `text` with every reference to relation `from` as a qualifier (`from.column`) made one to
-/// `to`; `None` when `from` appears otherwise (a subquery over that month itself), which no
-/// policy of another table can say. String literals are left alone.
+/// `to`; `None` when `from` appears otherwise (a subquery over that partition itself, named with
+/// or without its schema), which no policy of another table can say. String literals are left
+/// alone.
 fn requalify(text: &str, from: &str, to: &str) -> Option<String> {
     let (from, to) = (bare(&quote_ident(from)), bare(&quote_ident(to)));
     let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
@@ -256,20 +295,19 @@ fn requalify(text: &str, from: &str, to: &str) -> Option<String> {
         if ch == '\'' {
             in_string = !in_string;
         }
-        let before_ok = !out
-            .chars()
-            .last()
-            .is_some_and(|p| ident(p) || p == '"' || p == '.');
-        if !in_string && before_ok && rest.starts_with(&from) {
+        let prev = out.chars().last();
+        let starts = !prev.is_some_and(|p| ident(p) || p == '"');
+        if !in_string && starts && rest.starts_with(&from) {
             let after = &rest[from.len()..];
-            if after.chars().next().is_some_and(ident) {
-                // A longer name that starts with this one.
-            } else if after.starts_with('.') {
-                out.push_str(&to);
-                rest = after;
-                continue;
-            } else {
-                return None;
+            let qualified = prev == Some('.');
+            match after.chars().next() {
+                Some(c) if ident(c) => {} // a longer name that starts with this one
+                Some('.') if !qualified => {
+                    out.push_str(&to);
+                    rest = after;
+                    continue;
+                }
+                _ => return None,
             }
         }
         out.push(ch);
@@ -301,68 +339,32 @@ impl Carry {
 
     /// Whether a move's rows must be inserted through the parent to reach subscribers.
     pub fn publishes_moves(&self) -> bool {
-        self.publications.iter().any(|p| p.inserts && p.deletes)
+        self.publications
+            .iter()
+            .any(|p| p.root && p.inserts && p.deletes)
     }
 
-    /// What the create-table step runs after `CREATE TABLE`, for month `part`: owner, grants,
-    /// row-level security, policies and the check that each came out as on the newest month.
-    /// `Err` with the reason when a policy cannot be carried over.
+    /// What the create-table step runs after `CREATE TABLE`, as the owner, for month `part`:
+    /// grants, row-level security, policies and the check that each came out as on the
+    /// partition it is taken from. `Err` with the reason when a policy cannot be carried over.
     pub fn statements(&self, part: &Relation) -> std::result::Result<Vec<String>, String> {
-        let mut out = Vec::new();
-        if let Some(owner) = &self.owner {
-            out.push(format!(
-                "ALTER TABLE {part} OWNER TO {}",
-                quote_ident(owner)
-            ));
-        }
-        out.extend(
-            self.grants
-                .iter()
-                .map(|g| g.replace("{}", &part.to_string())),
-        );
+        let mut out: Vec<String> = self.grants.iter().map(|g| grant_sql(g, part)).collect();
         if self.rls.0 {
             out.push(format!("ALTER TABLE {part} ENABLE ROW LEVEL SECURITY"));
         }
         if self.rls.1 {
             out.push(format!("ALTER TABLE {part} FORCE ROW LEVEL SECURITY"));
         }
-        let Some(newest) = &self.newest else {
+        let Some(from) = &self.rls_from else {
             return Ok(out);
         };
         let mut expected = Vec::new();
         for p in &self.policies {
-            let carry = |e: &Option<String>| -> std::result::Result<Option<String>, String> {
-                e.as_ref()
-                    .map(|e| {
-                        requalify(e, newest.name.as_str(), part.name.as_str()).ok_or_else(|| {
-                            format!(
-                                "policy {} of {} refers to that partition itself ({e}), so it cannot be carried over to {}: rewrite it without naming the partition, or create the month by hand",
-                                p.name,
-                                newest.plain(),
-                                part.plain()
-                            )
-                        })
-                    })
-                    .transpose()
-            };
-            let (using, check) = (carry(&p.using)?, carry(&p.check)?);
-            out.push(format!(
-                "CREATE POLICY {} ON {part} AS {} FOR {} TO {}{}{}",
-                quote_ident(&p.name),
-                if p.permissive {
-                    "PERMISSIVE"
-                } else {
-                    "RESTRICTIVE"
-                },
-                p.command,
-                p.roles.join(", "),
-                using
-                    .as_ref()
-                    .map_or(String::new(), |u| format!(" USING ({u})")),
-                check
-                    .as_ref()
-                    .map_or(String::new(), |c| format!(" WITH CHECK ({c})")),
-            ));
+            let (using, check) = (
+                carried(p, &p.using, from, part)?,
+                carried(p, &p.check, from, part)?,
+            );
+            out.push(policy_sql(p, part, &using, &check));
             expected.push((p.name.clone(), using, check));
         }
         if !expected.is_empty() {
@@ -372,8 +374,57 @@ impl Carry {
     }
 }
 
+fn grant_sql(g: &Grant, part: &Relation) -> String {
+    format!(
+        "GRANT {}{} ON {part} TO {}{}",
+        g.privilege,
+        g.column
+            .as_deref()
+            .map_or(String::new(), |c| format!(" ({})", quote_ident(c))),
+        g.grantee,
+        if g.grantable { " WITH GRANT OPTION" } else { "" }
+    )
+}
+
+/// A policy expression as it must read on `part`.
+fn carried(
+    p: &Policy,
+    expr: &Option<String>,
+    from: &Relation,
+    part: &Relation,
+) -> std::result::Result<Option<String>, String> {
+    expr.as_ref()
+        .map(|e| {
+            requalify(e, from.name.as_str(), part.name.as_str()).ok_or_else(|| {
+                format!(
+                    "policy {} of {} refers to that partition itself ({e}), so it cannot be carried over to {}: rewrite it without naming the partition, or create the month by hand",
+                    p.name,
+                    from.plain(),
+                    part.plain()
+                )
+            })
+        })
+        .transpose()
+}
+
+fn policy_sql(p: &Policy, part: &Relation, using: &Option<String>, check: &Option<String>) -> String {
+    format!(
+        "CREATE POLICY {} ON {part} AS {} FOR {} TO {}{}{}",
+        quote_ident(&p.name),
+        if p.permissive { "PERMISSIVE" } else { "RESTRICTIVE" },
+        p.command,
+        p.roles.join(", "),
+        using
+            .as_ref()
+            .map_or(String::new(), |u| format!(" USING ({u})")),
+        check
+            .as_ref()
+            .map_or(String::new(), |c| format!(" WITH CHECK ({c})")),
+    )
+}
+
 /// A statement that fails the step (and so creates nothing) when a policy's expressions on the
-/// new month do not read back as the newest month's.
+/// new month do not read back as the ones it was carried from.
 fn verify_policies(
     part: &Relation,
     expected: &[(String, Option<String>, Option<String>)],
@@ -390,7 +441,7 @@ fn verify_policies(
              LEFT JOIN pg_policy p ON p.polrelid = {}::regclass AND p.polname = w.name \
             WHERE p.oid IS NULL OR pg_get_expr(p.polqual, p.polrelid) IS DISTINCT FROM w.qual \
                OR pg_get_expr(p.polwithcheck, p.polrelid) IS DISTINCT FROM w.chk; \
-           IF bad IS NOT NULL THEN RAISE EXCEPTION 'row-level security policies % do not read back on % as on the newest month: create this month by hand', bad, {}; END IF; \
+           IF bad IS NOT NULL THEN RAISE EXCEPTION 'row-level security policies % do not read back on % as where they come from: create this month by hand', bad, {}; END IF; \
          END $mcm$",
         quote_literal(&part.to_string()),
         quote_literal(&part.plain())
@@ -418,18 +469,14 @@ mod tests {
             requalify("(t = 'messages_2026_11 x')", "messages_2026_11", "m"),
             Some("(t = 'messages_2026_11 x')".into())
         );
-        assert_eq!(
-            requalify(
-                "(EXISTS ( SELECT 1 FROM messages_2026_11 q WHERE q.t = t))",
-                "messages_2026_11",
-                "m"
-            ),
-            None
-        );
-        assert_eq!(
-            requalify("(x.messages_2026_11 = 1)", "messages_2026_11", "m").as_deref(),
-            Some("(x.messages_2026_11 = 1)")
-        );
+        for self_ref in [
+            "(EXISTS ( SELECT 1 FROM messages_2026_11 q WHERE q.t = t))",
+            "(EXISTS ( SELECT 1 FROM other.messages_2026_11 q WHERE q.t = t))",
+            // A column of another table named like the partition: refused, to be safe.
+            "(x.messages_2026_11 = 1)",
+        ] {
+            assert_eq!(requalify(self_ref, "messages_2026_11", "m"), None, "{self_ref}");
+        }
         assert_eq!(
             requalify("(\"Odd Name\".t = 1)", "Odd Name", "new one").as_deref(),
             Some("(\"new one\".t = 1)")

@@ -18,7 +18,9 @@ use crate::sql::{Ident, Relation};
 /// Rows of one month.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MonthRows {
+    /// `YYYY-MM`.
     pub month: String,
+    /// Rows of it.
     pub rows: i64,
 }
 
@@ -34,6 +36,7 @@ pub struct Ranged {
 /// One table's window of monthly partitions, as the catalog holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Window {
+    /// The partitioned table.
     pub table: Relation,
     /// The time zone in which the existing partitions' bounds are month starts.
     pub zone: String,
@@ -41,6 +44,7 @@ pub struct Window {
     pub key: String,
     /// The first and last months with a partition (`YYYY-MM`).
     pub first: Option<String>,
+    /// The last month with a partition.
     pub last: Option<String>,
     /// The current month (UTC, or `--as-of`).
     pub current: String,
@@ -50,7 +54,10 @@ pub struct Window {
     /// How many months after the current one the partitions reach (negative: the window ran
     /// out that many months ago).
     pub ahead: i32,
+    /// The DEFAULT partition, if there is one.
     pub default: Option<Relation>,
+    /// The size of DEFAULT's table, in bytes (0 without one).
+    pub default_bytes: i64,
     /// Rows in DEFAULT, by month.
     pub default_rows: Vec<MonthRows>,
     /// Months from the first partition's through the window's end that have no partition.
@@ -61,6 +68,7 @@ pub struct Window {
 }
 
 impl Window {
+    /// Rows in DEFAULT, all months.
     pub fn rows_in_default(&self) -> i64 {
         self.default_rows.iter().map(|m| m.rows).sum()
     }
@@ -153,9 +161,9 @@ pub fn window(
         .map_err(|e| Error::db("reading the current month", e))?;
     let (current, begun): (String, String) = (row.get(0), row.get(1));
     let default = default_partition(table, &parts)?;
-    let default_rows = match &default {
-        Some(d) => rows_by_month(c, d, &key, &zone)?,
-        None => Vec::new(),
+    let (default_rows, default_bytes) = match &default {
+        Some(d) => (rows_by_month(c, d, &key, &zone)?, relation_size(c, d)?),
+        None => (Vec::new(), 0),
     };
     let covered: BTreeSet<String> = ranged
         .iter()
@@ -178,6 +186,7 @@ pub fn window(
         last: Some(last),
         current,
         default,
+        default_bytes,
         default_rows,
         missing,
         ranged,
@@ -306,6 +315,16 @@ fn rows_by_month(
             rows: r.get(1),
         })
         .collect())
+}
+
+fn relation_size(c: &mut dyn Reader, rel: &Relation) -> Result<i64> {
+    Ok(c
+        .query_one(
+            "SELECT pg_relation_size($1::text::regclass)",
+            &[&rel.to_string()],
+        )
+        .map_err(|e| Error::db(format!("reading the size of {}", rel.plain()), e))?
+        .get(0))
 }
 
 /// `YYYY-MM` as a number of months.
