@@ -314,10 +314,9 @@ fn worker(
             "SELECT id, \"createdAt\" FROM {schema}.messages WHERE \"conversationId\" = 'c' || $1::int8 ORDER BY \"createdAt\" DESC LIMIT 50"
         ))
         .unwrap();
+    // The conversations of pg_partman's tables are the platform's too.
     let touch = c
-        .prepare(&format!(
-            "UPDATE {schema}.conversations SET \"tenantId\" = \"tenantId\" WHERE id = 'c' || $1::int8"
-        ))
+        .prepare("UPDATE public.conversations SET \"tenantId\" = \"tenantId\" WHERE id = 'c' || $1::int8")
         .unwrap();
     let mut local = Vec::with_capacity(100_000);
     let mut i: i64 = 0;

@@ -1,8 +1,9 @@
 //! The catalog facts that every part of the runner shares: relations, partition trees (with
 //! row estimates), the names taken in a schema, columns, the tables a table's keys reference,
 //! the server's version, and index builds in progress. Each operation kind reads its own objects
-//! in its file (`engine/ops/`), and the monthly window reads its own in `engine/partitions/`:
-//! what a fact means is decided where it is used. Relations are always schema-qualified
+//! in its file (`engine/ops/`), the monthly window reads its own in `engine/partitions/`, and a
+//! command reads what only it needs in its module (`schema.rs`, `history.rs`, `adopt.rs`,
+//! `verify.rs`, `check.rs`'s layout): what a fact means is decided where it is used. Relations are always schema-qualified
 //! ([`Relation`]); names are compared as the catalog stores them.
 
 use std::collections::BTreeSet;

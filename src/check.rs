@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, Reader};
 use crate::embedded::{DECLARATIONS, MONTHLY, TABLES};
-use crate::engine::ops::{Operation, Rule};
+use crate::engine::ops::{Declaration, Operation, Rule};
 use crate::engine::partitions::{self, Window};
 use crate::engine::{self, OpPlan};
 use crate::error::{Error, Result};
@@ -267,7 +267,17 @@ fn declared_rules() -> Vec<&'static Rule> {
 /// The state of every declared operation, with whether its version is applied.
 fn operations(c: &mut dyn Reader, schema: &str) -> Result<Vec<OpStatus>> {
     let status = history::status(c)?;
-    let declared: Vec<(i64, &'static dyn Operation)> = DECLARATIONS
+    statuses(c, schema, DECLARATIONS, |v| status.is_applied(v))
+}
+
+/// The state of each operation of `declarations`; `applied` says whether a version is.
+fn statuses(
+    c: &mut dyn Reader,
+    schema: &str,
+    declarations: &[&'static Declaration],
+    applied: impl Fn(i64) -> bool,
+) -> Result<Vec<OpStatus>> {
+    let declared: Vec<(i64, &'static dyn Operation)> = declarations
         .iter()
         .flat_map(|d| d.ops().map(move |op| (d.version, op)))
         .collect();
@@ -280,13 +290,24 @@ fn operations(c: &mut dyn Reader, schema: &str) -> Result<Vec<OpStatus>> {
             kind: p.kind.to_string(),
             table: p.table.name.as_str().to_string(),
             version: *version,
-            applied: status.is_applied(*version),
+            applied: applied(*version),
             state: p.state().to_string(),
             partitions: p.partitions,
             partitions_done: p.leaves_done,
             problems: problems(p),
         })
         .collect())
+}
+
+/// What `check` would say of each operation of one declaration (its version counted as not
+/// applied), for the tests' lifecycle of an operation kind. Not part of the library's API.
+#[cfg(feature = "internals")]
+pub fn declaration_status(
+    c: &mut dyn Reader,
+    schema: &str,
+    d: &'static Declaration,
+) -> Result<Vec<OpStatus>> {
+    statuses(c, schema, &[d], |_| false)
 }
 
 pub fn check(

@@ -28,8 +28,10 @@ Exit codes:
      level, unknown --target or --baseline version)
   3  rows a key would refuse (check, or migrate refusing under --orphans refuse)
   4  a verify assertion failed or could not run
-  5  check: a partition window reaches fewer than --premake months ahead, or a DEFAULT
-     partition holds rows
+  5  check: a partition window reaches fewer than --premake months ahead, a DEFAULT
+     partition holds rows, or a helper CHECK of the runner is left
+  6  check: drift: an object an applied version declares is missing, invalid or of another
+     shape (migrate restores it online); 3 wins over 6, and 6 over 5
   130, 143  stopped by SIGINT or SIGTERM: the run's statements were cancelled on the server
      and the migration lock released";
 

@@ -21,9 +21,7 @@ pub const DEFAULT_MAX_MOVED_ROWS: u64 = 100_000;
 /// The schema migrated unless `--schema` says otherwise.
 pub const DEFAULT_SCHEMA: &str = "public";
 
-/// The local development default, used (with a warning) when no source names a database: see
-/// `crate::sources`.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
+pub use crate::sources::DEFAULT_DATABASE_URL;
 
 /// Connections for the per-partition work of the online restore. Two: each job is one busy
 /// backend (a scan, or an index sort), so two roughly halve the wall time on a small server

@@ -3,8 +3,10 @@
 //! what is already done (a resumed run) and what remains, step by step with the lock each takes
 //! and whether `--lock-timeout` bounds it; and the rows each pre-flight rule would refuse.
 //!
-//! Then the partition work `migrate` does at the end (`crate::partitions::plan_on`): each month
-//! it would create, the rows it would move and the locks, or why it would not.
+//! Drift (objects applied versions declare that the catalog lacks) comes first, planned the same
+//! way, as `migrate` restores it first. Then the partition work `migrate` does at the end
+//! (`crate::partitions::plan_on`): each month it would create, the rows it would move and the
+//! locks, or why it would not.
 //!
 //! It connects, reads and disconnects: no lock (so it never waits behind a running migration),
 //! no session state left, and no history table created on an empty database.
@@ -46,6 +48,9 @@ pub struct MigratePlan {
     pub current: Option<i64>,
     /// The version `migrate` would record as applied without running (`--baseline`), if any.
     pub baseline: Option<i64>,
+    /// What applied versions declare but the catalog lacks (drift), which `migrate` would
+    /// restore online first; `None` when everything is in place.
+    pub drift: Option<BatchPlan>,
     /// The versions `migrate` would apply, in order (after the baseline, up to `--target`).
     pub pending: Vec<Entry>,
     /// The batches of pending versions with online work, in order.
@@ -70,6 +75,16 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
     let status = history::status(c)?;
     status.ensure_consistent()?;
     let (baseline, pending) = migrate::pending(settings, c, &status)?;
+    let drifted = migrate::drifted(c, &settings.schema, &status)?;
+    let drift = if drifted.is_empty() {
+        None
+    } else {
+        let batch = Batch {
+            versions: Vec::new(),
+            plans: drifted.iter().map(|(d, _)| *d).collect(),
+        };
+        Some(plan_batch(c, settings, &batch)?)
+    };
     let mut online = Vec::new();
     for batch in migrate::batches(&pending).iter().filter(|b| b.online()) {
         online.push(plan_batch(c, settings, batch)?);
@@ -87,6 +102,7 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
         schema: settings.schema.clone(),
         current: status.current(),
         baseline,
+        drift,
         pending,
         online,
         lock_timeout_ms: settings.lock_timeout.as_millis(),
@@ -151,6 +167,9 @@ impl MigratePlan {
                 "would record the versions up to {b} as applied (baseline)"
             ));
         }
+        if let Some(d) = &self.drift {
+            self.batch_lines(d, &mut out);
+        }
         if self.pending.is_empty() {
             out.push("nothing to apply".into());
         }
@@ -173,7 +192,11 @@ impl MigratePlan {
 
     fn batch_lines(&self, batch: &BatchPlan, out: &mut Vec<String>) {
         let versions: Vec<String> = batch.versions.iter().map(|v| v.to_string()).collect();
-        out.push(format!("online work before {}:", versions.join(", ")));
+        out.push(if versions.is_empty() {
+            "drift: what applied versions declare is not all in place; restored online first:".to_string()
+        } else {
+            format!("online work before {}:", versions.join(", "))
+        });
         if let Some(why) = &batch.not_planned {
             out.push(format!("  not planned: {why}"));
             return;

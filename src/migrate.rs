@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::adopt;
 use crate::catalog;
 use crate::config::{DbTarget, Settings};
-use crate::db::{self, BlockerWatch, Conn, LockPolicy, MigrationLock};
+use crate::db::{BlockerWatch, Conn, LockPolicy, MigrationLock};
 use crate::embedded;
 use crate::engine::{self, OpReport};
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         env!("CARGO_PKG_VERSION"),
         settings.schema
     );
-    let outcome = lock_database(settings, &target).and_then(|(mut main, lock)| {
+    let outcome = crate::schema::lock_platform(settings, &target).and_then(|(mut main, lock)| {
         let outcome =
             migrate_locked(settings, &mut main, &lock, target).map_err(|e| lock.explain(e));
         lock.release();
@@ -88,6 +88,26 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         (Err(_), Some(reason)) => Err(Error::interrupted(reason)),
         (other, _) => other,
     }
+}
+
+/// Runs one declaration's pre-flight and online operations under the migration lock, exactly as
+/// `migrate` runs those of a pending version, without recording any version: how the tests run
+/// an operation kind that no platform version declares yet through the same lifecycle as the
+/// others. Not part of the library's API.
+#[cfg(feature = "internals")]
+pub fn apply_declaration(
+    settings: &Settings,
+    d: &'static Declaration,
+) -> Result<(Vec<Resolved>, Vec<OpReport>)> {
+    let target = settings.target()?;
+    let (mut main, lock) = crate::schema::lock_platform(settings, &target)?;
+    let batch = Batch {
+        versions: Vec::new(),
+        plans: vec![d],
+    };
+    let outcome = run_online(settings, &mut main, &lock, &batch).map_err(|e| lock.explain(e));
+    lock.release();
+    outcome
 }
 
 /// Flags that name versions or counts this build cannot take.
@@ -102,25 +122,6 @@ pub(crate) fn validate(settings: &Settings) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Connects (waiting for the server), refuses a transaction-mode pooler and a read-only
-/// database, takes the migration lock (ending what an earlier run left running), and checks
-/// that the platform lives in the schema this run migrates. Changes nothing.
-pub(crate) fn lock_database(
-    settings: &Settings,
-    target: &DbTarget,
-) -> Result<(Conn, MigrationLock)> {
-    let mut main = db::connect_raw_with_wait(settings)?;
-    let mut lock_conn = db::connect_raw(settings)?;
-    db::pooler::ensure_own_sessions(&mut main, &mut lock_conn, target)?;
-    main.setup(settings, settings.lock_timeout)?;
-    lock_conn.setup(settings, settings.lock_timeout)?;
-    db::ensure_writable(&mut main, target)?;
-    let lock = MigrationLock::acquire(lock_conn, settings)?;
-    db::lock::join_work(&mut main)?;
-    crate::schema::ensure_platform_here(&mut main, &settings.schema)?;
-    Ok((main, lock))
 }
 
 fn ensure_known(flag: &'static str, version: Option<i64>) -> Result<()> {

@@ -24,9 +24,9 @@ use crate::embedded::MONTHLY;
 use crate::sql::Relation;
 
 /// Rows moved out of DEFAULT per second while a month is created, rounded down from `cargo
-/// bench --bench partitions` on the development machine (writers waited 0.94 s and 1.08 s for
-/// 100k rows, 8.9 s and 9.0 s for 1M, in two runs under load); used to estimate how long a move
-/// makes writers wait.
+/// bench --bench partitions` on the development machine (writers waited 0.83 s for 100k rows
+/// and 9.3 s for 1M, medians of three under load, 2026-12-02: docs/partitions.md); used to
+/// estimate how long a move makes writers wait.
 pub(crate) const MOVED_ROWS_PER_SECOND: f64 = 90_000.0;
 
 /// A month created.
@@ -434,7 +434,7 @@ pub fn run(settings: &Settings) -> Result<PartitionsReport> {
         settings.schema,
         settings.premake
     );
-    let outcome = crate::migrate::lock_database(settings, &target).and_then(|(mut main, lock)| {
+    let outcome = crate::schema::lock_platform(settings, &target).and_then(|(mut main, lock)| {
         warn_past_as_of(settings, &mut main);
         let outcome = maintain(settings, &mut main, lock.watch()).map_err(|e| lock.explain(e));
         lock.release();

@@ -2,9 +2,12 @@
 //! [`crate::db`]), whatever the role or database sets, and [`ensure_platform_here`] refuses to go
 //! on when the platform's tables or its history live in another schema: migrating an empty
 //! schema next to the real one would report success while the real tables stay as they were.
+//! [`lock_platform`] is how every command that changes something starts.
 
 use postgres::Client;
 
+use crate::config::{DbTarget, Settings};
+use crate::db::{self, Conn, MigrationLock};
 use crate::error::{Error, Result};
 use crate::history::HISTORY_TABLE;
 use crate::embedded::TABLES;
@@ -22,6 +25,14 @@ fn refuse(schema: &str, detail: String) -> Error {
         schema: schema.to_string(),
         detail,
     }
+}
+
+/// [`db::lock_database`], then [`ensure_platform_here`] for the run's schema: connected, the
+/// migration lock held, and the platform where the run will change it. Changes nothing.
+pub(crate) fn lock_platform(settings: &Settings, target: &DbTarget) -> Result<(Conn, MigrationLock)> {
+    let (mut main, lock) = db::lock_database(settings, target)?;
+    ensure_platform_here(&mut main, &settings.schema)?;
+    Ok((main, lock))
 }
 
 /// Refuses when `schema` does not exist, or lacks the history (or every platform table) that

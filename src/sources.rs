@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use crate::conninfo::ConnParams;
 use crate::error::{Error, Result};
 
+/// The local development default, used (with a warning) when no source names a database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
+
 /// libpq's environment variables and the keyword each fills, as libpq maps them.
 pub(crate) const LIBPQ_ENV: &[(&str, &str)] = &[
     ("PGHOST", "host"),
@@ -132,7 +135,7 @@ fn from_libpq_env(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
         "no database configured (--database-url, --database-url-file, DATABASE_URL, DATABASE_URL_FILE or PGHOST/PGPORT/PGUSER/PGDATABASE): using the development default host=localhost port=5432 database=postgres user=postgres"
     );
     (
-        crate::config::DEFAULT_DATABASE_URL.to_string(),
+        DEFAULT_DATABASE_URL.to_string(),
         Origin::Default,
     )
 }

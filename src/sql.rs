@@ -3,7 +3,9 @@
 //! ([`choose_name`]). Every statement the runner sends names its objects through these; the
 //! statements themselves are written where their meaning lives: each operation kind's in its
 //! file (`engine/ops/`), the months' in `engine/partitions/`, the pre-flight's in
-//! `preflight.rs`, the session settings and the lock in `db/`.
+//! `preflight.rs`, the session settings, the lock and the deadlock guard in `db/`, and what only
+//! one command reads in its module (`schema.rs`, `history.rs`, `adopt.rs`, `verify.rs`'s
+//! assertions, `check.rs`'s layout).
 
 use std::fmt;
 

@@ -426,14 +426,22 @@ fn bounds_fixed_in_another_time_zone_are_continued_exactly() {
 #[test]
 fn attaching_never_takes_access_exclusive_on_the_referenced_tables() {
     let db = latest_without_window();
-    // A reader of tenants and conversations in an open transaction: it conflicts only with
-    // ACCESS EXCLUSIVE.
+    // A reader of tenants and conversations, and one of a month of messages, each in a
+    // transaction open for over a second: they conflict only with ACCESS EXCLUSIVE on what they
+    // read, which no step takes, so no step waits for them or gives way to them.
     let mut reader = db.client();
     reader
         .batch_execute("BEGIN; SELECT count(*) FROM tenants; SELECT count(*) FROM conversations;")
         .unwrap();
+    let mut month_reader = db.client();
+    month_reader
+        .batch_execute("BEGIN; SELECT count(*) FROM messages WHERE \"createdAt\" >= '2026-06-01' AND \"createdAt\" < '2026-07-01';")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let out = partitions(&db, &["--lock-timeout", "500ms", "--lock-retries", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("retry"), "{}", stderr(&out));
+    month_reader.batch_execute("COMMIT").unwrap();
     // The negative: attaching a month that brings its own key makes PostgreSQL adopt it, which
     // takes ACCESS EXCLUSIVE on tenants and waits for the reader.
     let mut c = db.client();

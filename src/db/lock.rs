@@ -180,9 +180,9 @@ struct Waiting {
     since: Option<Instant>,
     last_logged: Option<Instant>,
     blockers: Vec<i32>,
-    /// Tables (as `regclass` text) on which a transaction waiting for this step while holding
-    /// a lock would deadlock with it: the keeper stops the step's statement when it sees one.
-    guard: Vec<String>,
+    /// Tables on which a transaction waiting for this step while holding a conflicting lock
+    /// would deadlock with it: the keeper stops the step's statement when it sees one.
+    guard: Vec<Guarded>,
     /// The keeper stopped the step's statement for such a transaction.
     stopped_for_deadlock: bool,
 }
@@ -197,24 +197,50 @@ pub struct Seen {
     pub stopped_for_deadlock: bool,
 }
 
-/// A transaction that holds a lock on one of the tables $1 (`regclass` texts) and waits for this
-/// session: (pid, the table). Shared by a step's own check ([`crate::db::retry`]) and, in the
-/// form below, the keeper's.
+/// A table a step locks, as `regclass` text, with the `pg_locks` modes that conflict with the
+/// lock the step takes on it: only a transaction that holds one of those can close a deadlock
+/// with the step, or make the step's lock queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guarded {
+    /// The table, as `regclass` text.
+    pub relation: String,
+    /// The conflicting `pg_locks.mode` names, comma-separated.
+    pub conflicting: String,
+}
+
+/// `guard` as the two arrays ($1, $2) the queries below take.
+pub(crate) fn guard_params(guard: &[Guarded]) -> (Vec<&str>, Vec<&str>) {
+    guard
+        .iter()
+        .map(|g| (g.relation.as_str(), g.conflicting.as_str()))
+        .unzip()
+}
+
+/// A transaction that holds a conflicting lock on one of the guarded tables ($1, $2: see
+/// [`guard_params`]) and waits for this session: (pid, the table). Shared by a step's own check
+/// ([`crate::db::retry`]) and, in the form below, the keeper's.
 pub(crate) const WAITS_FOR: &str = "SELECT l.pid, l.relation::regclass::text FROM pg_locks l \
-     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
+       JOIN unnest($1::text[], $2::text[]) AS g(rel, modes) \
+         ON l.relation = g.rel::regclass AND l.mode = ANY (string_to_array(g.modes, ',')) \
+     WHERE l.granted AND l.locktype = 'relation' \
        AND l.pid <> pg_backend_pid() AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
 
-/// [`WAITS_FOR`] asked for session $2, whose statement is cancelled if so.
-const STOP_BEFORE_DEADLOCK: &str = "SELECT pg_cancel_backend($2) FROM pg_locks l \
-     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
-       AND l.pid <> $2 AND $2 = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
+/// [`WAITS_FOR`] asked for session $3, whose statement is cancelled if so.
+const STOP_BEFORE_DEADLOCK: &str = "SELECT pg_cancel_backend($3) FROM pg_locks l \
+       JOIN unnest($1::text[], $2::text[]) AS g(rel, modes) \
+         ON l.relation = g.rel::regclass AND l.mode = ANY (string_to_array(g.modes, ',')) \
+     WHERE l.granted AND l.locktype = 'relation' \
+       AND l.pid <> $3 AND $3 = ANY (pg_blocking_pids(l.pid)) LIMIT 1";
 
-/// The transaction of another session that has held a lock on one of the tables $1 for more
-/// than $2 seconds: (pid, the table, seconds).
+/// The transaction of another session that has held a conflicting lock on one of the guarded
+/// tables ($1, $2) for more than $3 seconds: (pid, the table, seconds).
 pub(crate) const LONG_HOLDER: &str = "SELECT a.pid, l.relation::regclass::text, \
-       extract(epoch FROM now() - a.xact_start)::float8 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-     WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::text[]::regclass[]) \
-       AND l.pid <> pg_backend_pid() AND a.xact_start < now() - make_interval(secs => $2) \
+       extract(epoch FROM now() - a.xact_start)::float8 FROM pg_locks l \
+       JOIN unnest($1::text[], $2::text[]) AS g(rel, modes) \
+         ON l.relation = g.rel::regclass AND l.mode = ANY (string_to_array(g.modes, ',')) \
+       JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.granted AND l.locktype = 'relation' \
+       AND l.pid <> pg_backend_pid() AND a.xact_start < now() - make_interval(secs => $3) \
      ORDER BY a.xact_start LIMIT 1";
 
 /// Which of the run's connections wait for a lock, and for which pids: steps register here,
@@ -246,7 +272,7 @@ impl BlockerWatch {
 
     /// Starts watching `pid`, which is about to run `step`; `guard` names the tables on which a
     /// transaction waiting for it while holding a lock would deadlock with it (see [`Seen`]).
-    pub fn watch(&self, pid: i32, step: &str, guard: &[String]) {
+    pub fn watch(&self, pid: i32, step: &str, guard: &[Guarded]) {
         self.watched.lock().unwrap().insert(
             pid,
             Waiting {
@@ -293,7 +319,8 @@ impl BlockerWatch {
             }
             // A failed check (a guarded table renamed meanwhile) stops nothing: the step's own
             // checks still hold. It is not the lock connection failing either.
-            match client.query(STOP_BEFORE_DEADLOCK, &[&w.guard, pid]) {
+            let (rels, modes) = guard_params(&w.guard);
+            match client.query(STOP_BEFORE_DEADLOCK, &[&rels, &modes, pid]) {
                 Ok(rows) if !rows.is_empty() => {
                     log::info!(
                         "{}: a transaction that holds a lock on a table it needs waits for it: stopping it before it deadlocks",

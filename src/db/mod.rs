@@ -30,8 +30,23 @@ use crate::error::{describe_pg_error, sqlstate, Error, Result};
 use crate::interrupt::Registration;
 use crate::tls;
 
-pub use lock::{BlockerWatch, MigrationLock};
+pub use lock::{BlockerWatch, Guarded, MigrationLock};
 pub use retry::LockPolicy;
+
+/// Connects (waiting for the server), refuses a transaction-mode pooler and a read-only
+/// database, and takes the migration lock (ending what an earlier run left running). Changes
+/// nothing.
+pub(crate) fn lock_database(settings: &Settings, target: &DbTarget) -> Result<(Conn, MigrationLock)> {
+    let mut main = connect_raw_with_wait(settings)?;
+    let mut lock_conn = connect_raw(settings)?;
+    pooler::ensure_own_sessions(&mut main, &mut lock_conn, target)?;
+    main.setup(settings, settings.lock_timeout)?;
+    lock_conn.setup(settings, settings.lock_timeout)?;
+    ensure_writable(&mut main, target)?;
+    let lock = MigrationLock::acquire(lock_conn, settings)?;
+    lock::join_work(&mut main)?;
+    Ok((main, lock))
+}
 
 pub const APPLICATION_NAME: &str = "meta-chat-migrate";
 

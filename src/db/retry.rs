@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::lock::BlockerWatch;
+use super::lock::{guard_params, BlockerWatch, Guarded};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
@@ -25,13 +25,19 @@ const QUERY_CANCELED: &str = "57014";
 pub const WOULD_DEADLOCK: &str = "MC001";
 
 /// A lock taken while the step held others waited longer than
-/// [`crate::engine::step::SHORT_WAIT`]: the step gave way (and is retried as it was).
+/// [`SHORT_WAIT`]: the step gave way (and is retried as it was).
 pub const STEPPED_ASIDE: &str = "MC002";
 
 /// A transaction has held a lock on a table the step guards for long: the step did not start
 /// (its locks would queue behind that transaction and block everyone behind them), and is
 /// retried after a pause.
 pub const LONG_HOLDER: &str = "MC003";
+
+/// How long a lock taken while a step holds others may wait (a step's statement marked
+/// `short_wait`): well below PostgreSQL's `deadlock_timeout` (1 s by default), so that a
+/// deadlock it would close is broken by the step giving up before any application transaction
+/// detects it.
+pub const SHORT_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a transaction may have held a lock on a guarded table before a guarded step waits,
 /// unqueued, for it to end.
@@ -82,7 +88,7 @@ impl LockPolicy {
         step: &str,
         pid: i32,
         watch: &BlockerWatch,
-        guard: &[String],
+        guard: &[Guarded],
         mut attempt: impl FnMut(Attempt) -> Result<T>,
     ) -> Result<T> {
         let mut blockers: Vec<i32> = Vec::new();
@@ -177,11 +183,12 @@ pub(crate) fn ensure_no_long_holder(
     client: &mut postgres::Client,
     (watch, me): (&BlockerWatch, i32),
     step: &str,
-    guard: &[String],
+    guard: &[Guarded],
 ) -> Result<()> {
     let secs = LONG_HOLDER_AFTER.as_secs_f64();
+    let (rels, modes) = guard_params(guard);
     let row = client
-        .query_opt(super::lock::LONG_HOLDER, &[&guard, &secs])
+        .query_opt(super::lock::LONG_HOLDER, &[&rels, &modes, &secs])
         .map_err(|e| Error::db(step, e))?;
     match row {
         None => Ok(()),
@@ -206,13 +213,14 @@ pub(crate) fn ensure_no_long_holder(
 pub(crate) fn ensure_none_waiting(
     tx: &mut postgres::Transaction<'_>,
     step: &str,
-    guard: &[String],
+    guard: &[Guarded],
 ) -> Result<()> {
     if guard.is_empty() {
         return Ok(());
     }
+    let (rels, modes) = guard_params(guard);
     let row = tx
-        .query_opt(super::lock::WAITS_FOR, &[&guard])
+        .query_opt(super::lock::WAITS_FOR, &[&rels, &modes])
         .map_err(|e| Error::db(step, e))?;
     match row {
         None => Ok(()),
@@ -238,7 +246,7 @@ pub(crate) fn stepped_aside(err: Error, step: &str) -> Error {
         STEPPED_ASIDE,
         format!(
             "a lock taken while holding others waited over {}ms: gave way rather than make others wait behind it",
-            crate::engine::step::SHORT_WAIT.as_millis()
+            SHORT_WAIT.as_millis()
         ),
     )
 }

@@ -222,6 +222,18 @@ pub(crate) fn plan(
     ops.iter().map(|op| plan_op(c, &mut planner, *op)).collect()
 }
 
+/// The plans of one declaration's operations, read from the catalog (read-only), for the
+/// tests' lifecycle of an operation kind. Not part of the library's API.
+#[cfg(feature = "internals")]
+pub fn plan_declaration(
+    c: &mut dyn Reader,
+    schema: &str,
+    d: &'static ops::Declaration,
+) -> Result<Vec<OpPlan>> {
+    let ops: Vec<&'static dyn Operation> = d.ops().collect();
+    plan(c, schema, &ops)
+}
+
 /// Refuses, naming every one, when an object of a declared name is not what is declared.
 pub(crate) fn ensure_no_conflicts(plans: &[OpPlan]) -> Result<()> {
     let conflicts: Vec<Conflict> = plans.iter().flat_map(|p| p.conflicts.clone()).collect();

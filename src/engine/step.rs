@@ -23,7 +23,7 @@ use postgres::Client;
 use serde::Serialize;
 
 use crate::catalog;
-use crate::db::{retry, BlockerWatch, LockPolicy};
+use crate::db::{retry, BlockerWatch, Guarded, LockPolicy};
 use crate::error::{Error, Result};
 use crate::sql::Relation;
 
@@ -155,6 +155,23 @@ impl LockMode {
         }
     }
 
+    /// The `pg_locks.mode` names of the modes that conflict with this one, comma-separated
+    /// (PostgreSQL's table of conflicting lock modes).
+    pub fn conflicting(self) -> &'static str {
+        const ALL: &str = "AccessShareLock,RowShareLock,RowExclusiveLock,ShareUpdateExclusiveLock,ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock";
+        match self {
+            LockMode::AccessShare => "AccessExclusiveLock",
+            LockMode::RowShare => "ExclusiveLock,AccessExclusiveLock",
+            LockMode::RowExclusive => "ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock",
+            LockMode::ShareUpdateExclusive => "ShareUpdateExclusiveLock,ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock",
+            LockMode::Share => "RowExclusiveLock,ShareUpdateExclusiveLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock",
+            LockMode::ShareRowExclusive => "RowExclusiveLock,ShareUpdateExclusiveLock,ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock",
+            // Everything but ACCESS SHARE.
+            LockMode::Exclusive => "RowShareLock,RowExclusiveLock,ShareUpdateExclusiveLock,ShareLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock",
+            LockMode::AccessExclusive => ALL,
+        }
+    }
+
     /// As `pg_locks.mode` spells it.
     pub fn pg_locks_name(self) -> &'static str {
         match self {
@@ -187,10 +204,7 @@ impl LockClaim {
     }
 }
 
-/// How long a lock taken while the step holds others may wait ([`Statement::short_wait`]):
-/// well below PostgreSQL's `deadlock_timeout` (1 s by default), so that a deadlock it would
-/// close is broken by this step giving up before any application transaction detects it.
-pub const SHORT_WAIT: Duration = Duration::from_millis(100);
+pub use crate::db::retry::SHORT_WAIT;
 
 /// One statement of a step.
 #[derive(Clone, Debug, Serialize)]
@@ -260,7 +274,7 @@ pub struct Step {
     /// next attempt runs [`Step::on_deadlock`] (see `BlockerWatch`); and one that has held a
     /// lock on one for over a second is waited out before the step queues its locks.
     #[serde(skip)]
-    pub guard: Vec<String>,
+    pub guard: Vec<Guarded>,
 }
 
 impl Step {
@@ -402,7 +416,7 @@ impl StepCtx<'_> {
         tx: &mut postgres::Transaction<'_>,
         id: &str,
         st: &Statement,
-        guard: &[String],
+        guard: &[Guarded],
     ) -> Result<()> {
         if !st.short_wait {
             return tx.batch_execute(&st.sql).map_err(|e| Error::db(id, e));

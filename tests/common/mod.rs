@@ -3,6 +3,7 @@
 //! never see each other's data. The server is `TEST_DATABASE_URL`'s (default: the local one).
 #![allow(dead_code)]
 
+pub mod lifecycle;
 pub mod months;
 
 use std::process::{Command, Output};

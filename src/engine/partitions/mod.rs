@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::step::{Action, LockClaim, LockMode, Statement, Step};
 use crate::catalog::{self, Reader};
-use crate::db::quote_literal;
+use crate::db::{quote_literal, Guarded};
 use crate::error::{Error, Result};
 pub use crate::findings::NotCreated;
 use crate::sql::{Ident, Relation};
@@ -107,14 +107,20 @@ struct Table<'a> {
 impl Table<'_> {
     /// The tables a step of this table deadlocks on (`regclass` texts): the parent, DEFAULT,
     /// and the keyed tables.
-    /// The live tables among `claims`: those a long holder or a waiting transaction matters on.
-    fn guard(&self, claims: &[LockClaim]) -> Vec<String> {
+    /// The live tables among `claims`, each with the modes that conflict with the lock claimed
+    /// on it: those a long holder or a waiting transaction matters on.
+    fn guard(&self, claims: &[LockClaim]) -> Vec<Guarded> {
         let w = self.window;
         std::iter::once(&w.table)
             .chain(w.default.as_ref())
             .chain(&self.keyed)
-            .filter(|r| claims.iter().any(|k| k.relation == r.plain()))
-            .map(Relation::to_string)
+            .filter_map(|r| {
+                let claim = claims.iter().find(|k| k.relation == r.plain())?;
+                Some(Guarded {
+                    relation: r.to_string(),
+                    conflicting: claim.mode.conflicting().to_string(),
+                })
+            })
             .collect()
     }
 

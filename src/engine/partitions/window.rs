@@ -123,7 +123,7 @@ const MONTHS: &str = "SELECT b.name, to_char(b.lo::timestamptz AT TIME ZONE $4, 
 /// The current month (UTC, or `--as-of`), and the last month that has begun anywhere: a day
 /// ahead covers every time zone bounds may be fixed in. `--as-of` stands for today in both, so
 /// that a rehearsal (and a test) is the same whatever the date; a real run with an `--as-of` in
-/// the past is warned about by [`crate::partitions::run`].
+/// the past is warned about by the `partitions` command.
 const CURRENT: &str = "SELECT to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC')), 'YYYY-MM'), \
      to_char(date_trunc('month', coalesce($1::text::timestamp, now() AT TIME ZONE 'UTC') + interval '1 day'), 'YYYY-MM')";
 
