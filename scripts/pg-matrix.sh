@@ -49,7 +49,7 @@ for major in "${majors[@]}"; do
   url="postgres://postgres@127.0.0.1:$port/postgres"
   scripts/test-setup.sh "$url"
   echo "=== test suite on PostgreSQL $version (port $port)"
-  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo test --locked ${test_args[@]+"${test_args[@]}"}
+  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo nextest run --locked --no-fail-fast ${test_args[@]+"${test_args[@]}"}
   stop
   data=""
 done

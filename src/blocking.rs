@@ -44,7 +44,10 @@ impl Drop for StopOnDrop {
 /// let report = meta_chat_migrations::migrate_async(meta_chat_migrations::Settings::from_env()?).await?;
 /// # Ok(()) }
 /// ```
-pub async fn migrate_async(settings: Settings) -> Result<MigrateReport> {
+pub async fn migrate_async(mut settings: Settings) -> Result<MigrateReport> {
+    // The run's own handle: the application's still stops it, and a dropped future stops only
+    // this run (a later one with the same settings goes).
+    settings.interrupt = settings.interrupt.child();
     let mut guard = StopOnDrop(Some(settings.interrupt.clone()));
     let outcome = tokio::task::spawn_blocking(move || crate::migrate::migrate(&settings)).await;
     guard.0 = None;

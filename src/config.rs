@@ -3,6 +3,7 @@
 //! shown: host, port and database, never user or password.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -84,6 +85,8 @@ pub struct Settings {
     pub skip_partitions: bool,
     /// Stops the run (signals, application shutdown); see [`Interrupt`].
     pub interrupt: Interrupt,
+    /// The host the run's first connection reached.
+    pub(crate) pin: Pin,
 }
 
 impl Settings {
@@ -109,6 +112,7 @@ impl Settings {
             as_of: None,
             skip_partitions: false,
             interrupt: Interrupt::new(),
+            pin: Pin::default(),
         }
     }
 
@@ -119,9 +123,14 @@ impl Settings {
         Ok(Settings::new(crate::sources::resolve(None, None)?.url))
     }
 
-    /// The driver's configuration and the TLS options, from the URL.
+    /// The driver's configuration and the TLS options, from the URL (every host of it).
     pub(crate) fn connection(&self) -> Result<Connection> {
-        connection(&self.database_url)
+        connection(&self.database_url, None)
+    }
+
+    /// [`Self::connection`] to the `i`th host of the URL alone (its port and `hostaddr`).
+    pub(crate) fn connection_to(&self, i: usize) -> Result<Connection> {
+        connection(&self.database_url, Some(i))
     }
 
     /// Where the URL points: host, port and database, never the user or password.
@@ -161,6 +170,24 @@ pub(crate) struct Connection {
     pub target: DbTarget,
     /// Prisma options of the URL that the runner ignores (its client's pool settings).
     pub ignored: Vec<&'static str>,
+    /// How many hosts the URL lists.
+    pub hosts: usize,
+}
+
+/// The host of the URL that a run's first connection reached: every later connection of the run
+/// goes there, so that a failover during a run never splits it across two servers. Clones of a
+/// [`Settings`] share it; each run sets it again with its first connection.
+#[derive(Clone, Default)]
+pub(crate) struct Pin(Arc<Mutex<Option<usize>>>);
+
+impl Pin {
+    pub(crate) fn get(&self) -> Option<usize> {
+        *self.0.lock().unwrap()
+    }
+
+    pub(crate) fn set(&self, host: Option<usize>) {
+        *self.0.lock().unwrap() = host;
+    }
 }
 
 /// The schema a Prisma URL names (`?schema=`), if it parses and names a possible one (an
@@ -222,12 +249,40 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// password.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))] // fuzzed by tests/fuzz.rs
 pub fn parse_url(url: &str) -> Result<(postgres::Config, TlsOptions)> {
-    connection(url).map(|c| (c.config, c.tls))
+    connection(url, None).map(|c| (c.config, c.tls))
 }
 
-pub(crate) fn connection(url: &str) -> Result<Connection> {
+/// The `i`th element of each comma-separated list of hosts, `hostaddr`s and ports (a single
+/// port stays: it is every host's).
+fn only_host(params: &mut crate::conninfo::ConnParams, i: usize) {
+    for key in ["host", "hostaddr", "port"] {
+        let Some(list) = params.values.get(key) else {
+            continue;
+        };
+        let parts: Vec<&str> = list.split(',').collect();
+        if parts.len() > 1 {
+            let one = parts.get(i).copied().unwrap_or(parts[0]).to_string();
+            params.values.insert(key, one);
+        }
+    }
+}
+
+fn host_count(params: &crate::conninfo::ConnParams) -> usize {
+    ["host", "hostaddr"]
+        .iter()
+        .filter_map(|k| params.get(k))
+        .map(|l| l.split(',').count())
+        .max()
+        .unwrap_or(1)
+}
+
+pub(crate) fn connection(url: &str, host: Option<usize>) -> Result<Connection> {
     let mut params = crate::conninfo::parse(url)?;
     crate::sources::fill_from_env(&mut params)?;
+    let hosts = host_count(&params);
+    if let Some(i) = host {
+        only_host(&mut params, i);
+    }
     let ignored = prisma_options(&params)?;
     let tls = TlsOptions::from_params(&params)?;
     let mut config = postgres::Config::new();
@@ -263,6 +318,7 @@ pub(crate) fn connection(url: &str) -> Result<Connection> {
         tls,
         target,
         ignored,
+        hosts,
     })
 }
 

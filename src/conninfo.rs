@@ -46,6 +46,7 @@ pub(crate) const KEYWORDS: &[&str] = &[
     "passfile",
     "target_session_attrs",
     "channel_binding",
+    "service",
 ];
 
 /// Options of Prisma's connection URL (an application's `DATABASE_URL` often is one), accepted in
@@ -231,7 +232,9 @@ fn parse_userinfo(userinfo: &str, params: &mut ConnParams) -> Result<()> {
     if !user.is_empty() {
         params.set("user", decode(user, "user name")?)?;
     }
-    if let Some(password) = password {
+    // An empty password (`user:@host`) is none, as psql takes it: PGPASSWORD or the password
+    // file give it.
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
         check_percent_escapes(password, "password")?;
         params.password = Some(percent_decode_str(password).collect());
     }

@@ -326,7 +326,7 @@ pub enum Error {
 
 fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
     match sqlstate {
-        Some("53300") => "the server's or the role's connection limit is reached: end idle sessions, raise the limit, or lower --jobs",
+        Some("53300") => "the server's or the role's connection limit is reached: a run needs two connections (the lock's and one to work on; --jobs adds workers only while slots are free), so end idle sessions or raise max_connections or the role's CONNECTION LIMIT",
         Some("28P01") => "check the user and password (URL, PGPASSWORD, PGPASSWORD_FILE or the password file)",
         Some("28000") => "check the user, and for cert authentication sslcert and sslkey",
         Some("3D000") => "check the database name",

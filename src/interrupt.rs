@@ -59,6 +59,9 @@ struct State {
     reason: Option<Reason>,
     next_id: u64,
     connections: HashMap<u64, (CancelToken, MakeRustlsConnect)>,
+    /// Handles of single runs started from this one ([`Interrupt::child`]): a trigger here
+    /// reaches them, theirs does not come back.
+    children: Vec<std::sync::Weak<Inner>>,
 }
 
 /// When the cancels are sent after a trigger (the first at once).
@@ -77,12 +80,20 @@ impl Interrupt {
     /// Stops the run: records `reason` (the first one wins), wakes every wait, and cancels the
     /// statement of every registered connection on the server.
     pub fn trigger(&self, reason: Reason) {
-        {
+        let children: Vec<Interrupt> = {
             let mut state = self.0.state.lock().unwrap();
             if state.reason.is_some() {
                 return;
             }
-            state.reason = Some(reason);
+            state.reason = Some(reason.clone());
+            state
+                .children
+                .drain(..)
+                .filter_map(|w| w.upgrade().map(Interrupt))
+                .collect()
+        };
+        for child in children {
+            child.trigger(reason.clone());
         }
         self.0.wake.notify_all();
         let this = self.clone();
@@ -112,6 +123,23 @@ impl Interrupt {
         for s in senders {
             let _ = s.join();
         }
+    }
+
+    /// A handle for one run started from this one: triggering this one stops the run (at once if
+    /// it is triggered already), while stopping the run (a dropped `migrate_async` future) leaves
+    /// this one as it was, so that the application's next run can go.
+    pub(crate) fn child(&self) -> Interrupt {
+        let child = Interrupt::new();
+        let reason = {
+            let mut state = self.0.state.lock().unwrap();
+            state.children.retain(|w| w.strong_count() > 0);
+            state.children.push(Arc::downgrade(&child.0));
+            state.reason.clone()
+        };
+        if let Some(r) = reason {
+            child.trigger(r);
+        }
+        child
     }
 
     /// Why the run was stopped (the first trigger's reason); `None` while not triggered.

@@ -41,9 +41,9 @@ macro_rules! internal {
 }
 
 internal!(
-    adopt, blocking, catalog, check, config, conninfo, db, dryrun, embedded, engine, error,
-    findings, history, interrupt, migrate, partitions, pgpass, preflight, schema, sources, sql,
-    tls, verify,
+    adopt, blocking, boot, catalog, check, config, conninfo, db, dryrun, embedded, engine, error,
+    findings, history, interrupt, migrate, partitions, pgpass, preflight, schema, service, sources,
+    sql, tls, verify,
 );
 
 /// The command line of `meta-chat-migrate` (the binary's, behind the default `cli` feature):
@@ -106,6 +106,16 @@ pub fn check(settings: &Settings) -> Result<check::CheckReport> {
 pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
     blocking::off_runtime(|| {
         let mut conn = db::connect_with_wait(settings)?;
+        // Its assertions write (inside a transaction that is rolled back): a standby cannot run
+        // them, and saying so beats "5 of 10 assertions failed".
+        let target = conn.target().clone();
+        db::ensure_writable(&mut conn, &target).map_err(|e| match e {
+            Error::ReadOnly { target, why } => Error::ReadOnly {
+                target,
+                why: format!("verify writes (in a transaction it rolls back), so it needs the primary: {why}"),
+            },
+            other => other,
+        })?;
         verify::verify(conn.client(), &settings.schema)
     })
 }

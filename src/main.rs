@@ -2,6 +2,7 @@
 //! a command goes to stdout, logs and the one error line to stderr, and the exit code says what
 //! happened (see `--help`).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,7 +46,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
-            eprintln!("error: {err}");
+            // Never a panic: a closed stderr loses the line, not the exit code.
+            let _ = writeln!(std::io::stderr(), "error: {err}");
             if json && err.report_not_printed() {
                 cli::print_error_json(&err);
             }
@@ -103,7 +105,7 @@ fn on_signals(interrupt: Interrupt) {
             interrupt.trigger(Reason::Signal { name, number });
             std::thread::spawn(move || {
                 std::thread::sleep(EXIT_WITHIN);
-                eprintln!("error: interrupted by {name}: exiting before the run finished stopping; the server ends its statements when the connections close");
+                let _ = writeln!(std::io::stderr(), "error: interrupted by {name}: exiting before the run finished stopping; the server ends its statements when the connections close");
                 std::process::exit(exit::SIGNAL_BASE + number);
             });
         }

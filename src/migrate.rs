@@ -2,7 +2,11 @@
 //! compare the history with the embedded migrations, then apply the pending versions in order,
 //! each in its own transaction with its history row.
 //!
-//! Consecutive pending versions that declare online work ([`crate::plan`]) form a batch: their
+//! First the boot check ([`crate::boot`]): one read-only query on the first connection, and no
+//! lock, when there is nothing to do. Otherwise that connection takes the lock.
+//!
+//! Consecutive pending versions that declare online work (their migration file's
+//! [`Declaration`]) form a batch: their
 //! declarations are checked against the catalog and their pre-flight rules run before anything
 //! of the batch changes, then the engine runs phase by phase (the operations of one phase, across
 //! the batch's versions, share one queue), and then refinery applies each version, whose SQL
@@ -15,7 +19,7 @@ use serde::Serialize;
 use crate::adopt;
 use crate::catalog;
 use crate::config::{DbTarget, Settings};
-use crate::db::{BlockerWatch, Conn, LockPolicy, MigrationLock};
+use crate::db::{self, BlockerWatch, Conn, LockPolicy, MigrationLock};
 use crate::embedded;
 use crate::engine::{self, OpReport};
 use crate::error::{Error, Result};
@@ -58,9 +62,33 @@ pub struct MigrateReport {
     /// applied: the run still succeeds (the schema is at its version; an init container must
     /// not keep the application from starting), and `partitions` or `check` (exit 5) say more.
     pub partitions_error: Option<String>,
+    /// True when one read-only query found nothing to do (the boot fast path: every version
+    /// applied, every declared object and the months ahead in place): no lock was taken, and
+    /// `partitions` is `None`.
+    pub up_to_date: bool,
 }
 
 impl MigrateReport {
+    /// The report of a run whose boot check found nothing to do.
+    fn up_to_date(settings: &Settings, database: DbTarget) -> MigrateReport {
+        let latest = Some(embedded::latest());
+        MigrateReport {
+            database,
+            schema: settings.schema.clone(),
+            from: latest,
+            to: latest,
+            baseline: None,
+            applied: Vec::new(),
+            orphans_resolved: Vec::new(),
+            online: Vec::new(),
+            restored: Vec::new(),
+            drift_error: None,
+            partitions: None,
+            partitions_error: None,
+            up_to_date: true,
+        }
+    }
+
     /// The report of the online operation `id` (a constraint or index name).
     pub fn op(&self, id: &str) -> Option<&OpReport> {
         self.online.iter().find(|r| r.id == id)
@@ -77,7 +105,16 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         env!("CARGO_PKG_VERSION"),
         settings.schema
     );
-    let outcome = crate::schema::lock_platform(settings, &target).and_then(|(mut main, lock)| {
+    let outcome = db::connect_raw_with_wait(settings).and_then(|mut first| {
+        let target = first.target().clone();
+        if crate::boot::nothing_to_do(settings, &mut first)? {
+            log::info!(
+                "nothing to do: {target} is at version {}, with every declared object and the months ahead in place",
+                embedded::latest()
+            );
+            return Ok(MigrateReport::up_to_date(settings, target));
+        }
+        let (mut main, lock) = crate::schema::lock_platform(settings, Some(first))?;
         let outcome =
             migrate_locked(settings, &mut main, &lock, target).map_err(|e| lock.explain(e));
         lock.release();
@@ -99,8 +136,7 @@ pub fn apply_declaration(
     settings: &Settings,
     d: &'static Declaration,
 ) -> Result<(Vec<Resolved>, Vec<OpReport>)> {
-    let target = settings.target()?;
-    let (mut main, lock) = crate::schema::lock_platform(settings, &target)?;
+    let (mut main, lock) = crate::schema::lock_platform(settings, None)?;
     let batch = Batch {
         versions: Vec::new(),
         plans: vec![d],
@@ -356,6 +392,7 @@ fn migrate_locked(
         drift_error: None,
         partitions: None,
         partitions_error: None,
+        up_to_date: false,
     };
     restore_drift(settings, main, lock, &status, &mut report)?;
     apply_pending(settings, main, lock, &pending, &mut report)?;

@@ -434,7 +434,7 @@ pub fn run(settings: &Settings) -> Result<PartitionsReport> {
         settings.schema,
         settings.premake
     );
-    let outcome = crate::schema::lock_platform(settings, &target).and_then(|(mut main, lock)| {
+    let outcome = crate::schema::lock_platform(settings, None).and_then(|(mut main, lock)| {
         warn_past_as_of(settings, &mut main);
         let outcome = maintain(settings, &mut main, lock.watch()).map_err(|e| lock.explain(e));
         lock.release();

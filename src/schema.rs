@@ -6,7 +6,7 @@
 
 use postgres::Client;
 
-use crate::config::{DbTarget, Settings};
+use crate::config::Settings;
 use crate::db::{self, Conn, MigrationLock};
 use crate::error::{Error, Result};
 use crate::history::HISTORY_TABLE;
@@ -29,8 +29,11 @@ fn refuse(schema: &str, detail: String) -> Error {
 
 /// [`db::lock_database`], then [`ensure_platform_here`] for the run's schema: connected, the
 /// migration lock held, and the platform where the run will change it. Changes nothing.
-pub(crate) fn lock_platform(settings: &Settings, target: &DbTarget) -> Result<(Conn, MigrationLock)> {
-    let (mut main, lock) = db::lock_database(settings, target)?;
+pub(crate) fn lock_platform(
+    settings: &Settings,
+    first: Option<Conn>,
+) -> Result<(Conn, MigrationLock)> {
+    let (mut main, lock) = db::lock_database(settings, first)?;
     ensure_platform_here(&mut main, &settings.schema)?;
     Ok((main, lock))
 }

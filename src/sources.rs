@@ -8,8 +8,10 @@
 //!    `PGDATABASE` is set: as psql would connect;
 //! 4. the development default, `postgres://postgres@localhost:5432/postgres`, with a warning.
 //!
-//! Whatever the source, libpq's variables then fill only what the URL lacks (a password from
-//! `PGPASSWORD`, `PGPASSWORD_FILE` or the password file, `PGSSLMODE`, ...): `fill_from_env`.
+//! Whatever the source, a service (`service=` or `PGSERVICE`, from libpq's service files:
+//! [`crate::service`]) and then libpq's variables fill only what the URL lacks (a password from
+//! `PGPASSWORD`, `PGPASSWORD_FILE` or the password file, `PGSSLMODE`, ...): `fill_from_env`. A
+//! variable that names the database set but empty is an error, never the development default.
 //! Nothing here logs a URL or a password: the default is shown as host, port, database and user.
 
 use std::path::{Path, PathBuf};
@@ -39,10 +41,22 @@ pub(crate) const LIBPQ_ENV: &[(&str, &str)] = &[
     ("PGSSLKEY", "sslkey"),
     ("PGTARGETSESSIONATTRS", "target_session_attrs"),
     ("PGCHANNELBINDING", "channel_binding"),
+    ("PGSERVICE", "service"),
 ];
 
 /// The variables that say where to connect: any of them makes libpq's variables the source.
-const LIBPQ_TARGET: &[&str] = &["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"];
+const LIBPQ_TARGET: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGSERVICE",
+];
+
+/// Variables that, set but empty, are a mistake to say rather than a source to skip: the user
+/// meant something, and the development default is not it.
+const NOT_EMPTY: &[&str] = &["DATABASE_URL", "DATABASE_URL_FILE", "PGSERVICE"];
 
 /// Which source gave the connection string.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +94,18 @@ pub(crate) fn env(name: &str) -> Option<String> {
 
 /// Resolves the connection string from the flags (if any) and the process environment.
 pub fn resolve(flag: Option<String>, flag_file: Option<&Path>) -> Result<Resolved> {
+    if flag.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::Source {
+            reason: "--database-url is empty: give the database's URL".into(),
+        });
+    }
+    for name in NOT_EMPTY {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            return Err(Error::Source {
+                reason: format!("{name} is set but empty: give it a value, or unset it"),
+            });
+        }
+    }
     resolve_with(flag, flag_file, &env)
 }
 
@@ -132,7 +158,7 @@ fn from_libpq_env(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
         return (parts.join(" "), Origin::Libpq);
     }
     log::warn!(
-        "no database configured (--database-url, --database-url-file, DATABASE_URL, DATABASE_URL_FILE or PGHOST/PGPORT/PGUSER/PGDATABASE): using the development default host=localhost port=5432 database=postgres user=postgres"
+        "no database configured (--database-url, --database-url-file, DATABASE_URL, DATABASE_URL_FILE or PGHOST/PGPORT/PGUSER/PGDATABASE/PGSERVICE): using the development default host=localhost port=5432 database=postgres user=postgres"
     );
     (
         DEFAULT_DATABASE_URL.to_string(),
@@ -173,6 +199,7 @@ pub(crate) fn fill_with(
     params: &mut ConnParams,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<()> {
+    crate::service::apply(params, env)?;
     for (var, key) in LIBPQ_ENV {
         let missing = match *key {
             "password" => params.password.is_none(),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
@@ -304,9 +304,107 @@ impl ServerCertVerifier for ChainOnly {
 }
 
 /// `prefer`/`require`: the session is encrypted and the handshake signature checked, but the
-/// certificate is not: libpq's behaviour for these modes.
+/// certificate is not: libpq's behaviour for these modes. The certificate is therefore not parsed
+/// as a path validator would: only its public key is read (so that an X.509 v1 certificate, which
+/// rustls's validator refuses and OpenSSL accepts, works as it does with psql), and the handshake
+/// signature is checked against it.
 #[derive(Debug)]
 struct EncryptOnly(Arc<CryptoProvider>);
+
+impl EncryptOnly {
+    fn check_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+        tls13: bool,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        let bad = |e: CertificateError| rustls::Error::InvalidCertificate(e);
+        let (alg_id, key) = public_key(cert.as_ref()).ok_or(bad(CertificateError::BadEncoding))?;
+        let candidates = self
+            .0
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme && (!tls13 || tls13_scheme(*scheme)))
+            .map(|(_, algs)| *algs)
+            .ok_or(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))?;
+        // TLS 1.3 names one algorithm per scheme: the first; TLS 1.2 may need any of them.
+        let tried = if tls13 { &candidates[..1] } else { candidates };
+        for alg in tried {
+            if alg.public_key_alg_id().as_ref() == alg_id {
+                return alg
+                    .verify_signature(key, message, dss.signature())
+                    .map(|_| HandshakeSignatureValid::assertion())
+                    .map_err(|_| bad(CertificateError::BadSignature));
+            }
+        }
+        Err(bad(CertificateError::BadSignature))
+    }
+}
+
+/// Whether TLS 1.3 allows `scheme` in a handshake signature (not PKCS#1 v1.5, not SHA-1).
+fn tls13_scheme(scheme: SignatureScheme) -> bool {
+    !matches!(
+        scheme,
+        SignatureScheme::RSA_PKCS1_SHA1
+            | SignatureScheme::RSA_PKCS1_SHA256
+            | SignatureScheme::RSA_PKCS1_SHA384
+            | SignatureScheme::RSA_PKCS1_SHA512
+            | SignatureScheme::ECDSA_SHA1_Legacy
+    )
+}
+
+/// The element at the start of `der`: (tag, contents, what follows).
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A certificate's public key (X.509 v1 or v3): its AlgorithmIdentifier's contents and the key's
+/// bits, read from the SubjectPublicKeyInfo with nothing else of the certificate checked.
+fn public_key(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, cert, _) = der_element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = der_element(cert)? else {
+        return None;
+    };
+    // [0] version: absent in a v1 certificate.
+    let (tag, _, after) = der_element(tbs)?;
+    let mut rest = if tag == 0xa0 { after } else { tbs };
+    // serial number, signature algorithm, issuer, validity, subject.
+    for _ in 0..5 {
+        rest = der_element(rest)?.2;
+    }
+    let (SEQUENCE, spki, _) = der_element(rest)? else {
+        return None;
+    };
+    let (SEQUENCE, alg, rest) = der_element(spki)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der_element(rest)? else {
+        return None;
+    };
+    let (0, key) = bits.split_first()? else {
+        return None;
+    };
+    Some((alg, key))
+}
 
 impl ServerCertVerifier for EncryptOnly {
     fn verify_server_cert(
@@ -326,12 +424,7 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.check_signature(message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -340,12 +433,7 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.check_signature(message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

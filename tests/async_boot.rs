@@ -89,3 +89,37 @@ fn migrate_async_applies_the_schema_and_dropping_it_stops_the_run() {
     assert_eq!(report.to, Some(embedded::latest()));
     assert_eq!(db.run(&["verify"]).status.code(), Some(0));
 }
+
+/// A `migrate_async` whose future was dropped (a timeout) stops its own run only: the
+/// application's next run with the same settings goes. The negative: the application's own
+/// interrupt, once triggered, stops every later run (a shutdown).
+#[test]
+fn a_run_after_a_timed_out_one_goes() {
+    let db = TestDb::new();
+    let settings = db.settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let holder = BusyHolder::take(&db);
+    let first = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            meta_chat_migrations::migrate_async(settings.clone()),
+        )
+        .await
+    });
+    assert!(first.is_err(), "the first run should have timed out");
+    drop(holder);
+    let report = runtime
+        .block_on(meta_chat_migrations::migrate_async(settings.clone()))
+        .unwrap();
+    assert_eq!(report.to, Some(embedded::latest()));
+    settings
+        .interrupt
+        .trigger(meta_chat_migrations::Reason::Requested);
+    let err = runtime
+        .block_on(meta_chat_migrations::migrate_async(settings.clone()))
+        .unwrap_err();
+    assert_eq!(err.kind(), "interrupted", "{err}");
+}

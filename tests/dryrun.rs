@@ -92,9 +92,12 @@ fn on_a_resumed_run_it_shows_what_is_done_and_what_remains_with_locks() {
     let plan = plan.unwrap();
     assert_eq!(plan["current"], 20240520120000i64);
     let batch = &plan["online"][0];
+    // The three online versions after the partitioning (and any later one) in one batch.
     assert_eq!(
-        batch["versions"],
+        batch["versions"].as_array().unwrap()[..3],
         serde_json::json!([20251121000002i64, 20251121000003i64, 20251121000004i64])
+            .as_array()
+            .unwrap()[..]
     );
     assert_eq!(batch["preflight"][0]["rule"], "orphaned-messages");
     assert_eq!(batch["preflight"][0]["count"], 2);

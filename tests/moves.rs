@@ -625,7 +625,7 @@ fn each_steps_lock_claims_are_the_locks_the_server_takes() {
     // The negative: attaching a table that brings its own foreign key takes ACCESS EXCLUSIVE on
     // the table it references, which no plan of the runner claims.
     c.batch_execute(
-        "CREATE TABLE own_key (LIKE messages INCLUDING DEFAULTS);
+        "CREATE TABLE own_key (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
          ALTER TABLE own_key ADD CONSTRAINT own_key_tenant FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE;",
     )
     .unwrap();

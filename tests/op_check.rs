@@ -11,32 +11,34 @@ use meta_chat_migrations::engine::ops::check::Check;
 use meta_chat_migrations::engine::ops::{Declaration, Resolution, Rule};
 use meta_chat_migrations::migrate::apply_declaration;
 
-static CONTENT_NOT_EMPTY: Check = Check {
-    name: "messages_content_not_empty",
+/// Not the README's example (`messages_content_not_empty`), so that following its recipe for a
+/// real version leaves this test alone.
+static ROLE_NOT_EMPTY: Check = Check {
+    name: "messages_role_not_empty",
     table: "messages",
-    expression: "(content <> ''::text)",
+    expression: "(role <> ''::text)",
 };
 
-static EMPTY_MESSAGES: Rule = Rule {
-    id: "empty-messages",
+static EMPTY_ROLES: Rule = Rule {
+    id: "empty-roles",
     label: "violations",
-    what: "have empty content",
-    op: &CONTENT_NOT_EMPTY,
+    what: "have an empty role",
+    op: &ROLE_NOT_EMPTY,
     resolution: Resolution::MoveRows {
-        archive: "empty_messages_archive",
+        archive: "empty_roles_archive",
     },
     after: &[],
 };
 
 static DECLARATION: Declaration = Declaration {
     version: 0,
-    rules: &[&EMPTY_MESSAGES],
-    phases: &[&[&CONTENT_NOT_EMPTY]],
+    rules: &[&EMPTY_ROLES],
+    phases: &[&[&ROLE_NOT_EMPTY]],
     partitioned: &["messages"],
     source: "tests/op_check.rs",
 };
 
-const REMOVE: &str = "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_content_not_empty";
+const REMOVE: &str = "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_role_not_empty";
 
 #[test]
 fn a_check_constraint_goes_through_the_lifecycle() {
@@ -46,10 +48,10 @@ fn a_check_constraint_goes_through_the_lifecycle() {
         remove: REMOVE,
         violating: Some((
             "INSERT INTO messages (id, \"tenantId\", \"conversationId\", role, content, \"createdAt\")
-               VALUES ('violating-1', 't1', 'c1', 'user', '', '2025-03-03')",
+               VALUES ('violating-1', 't1', 'c1', '', 'x', '2025-03-03')",
             "23514",
         )),
-        other_shape: "ALTER TABLE messages ADD CONSTRAINT messages_content_not_empty CHECK (content <> 'x')",
+        other_shape: "ALTER TABLE messages ADD CONSTRAINT messages_role_not_empty CHECK (role <> 'x')",
     });
 }
 
@@ -73,7 +75,7 @@ fn a_leftover_month_without_the_check_is_made_again_or_refused_by_name() {
         .unwrap();
     apply_declaration(&db.settings(), &DECLARATION).unwrap();
     let lacks = |c: &mut postgres::Client, t: &str| {
-        count(c, &format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{t}'::regclass AND conname = 'messages_content_not_empty'")) == 0
+        count(c, &format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{t}'::regclass AND conname = 'messages_role_not_empty'")) == 0
     };
     assert!(
         lacks(&mut c, "messages_2027_01"),
@@ -87,7 +89,7 @@ fn a_leftover_month_without_the_check_is_made_again_or_refused_by_name() {
         err.as_db_error()
             .unwrap()
             .message()
-            .contains("messages_content_not_empty"),
+            .contains("messages_role_not_empty"),
         "{err}"
     );
     let out = partitions(&db, &[]);

@@ -447,7 +447,7 @@ fn attaching_never_takes_access_exclusive_on_the_referenced_tables() {
     let mut c = db.client();
     c.batch_execute(
         "SET statement_timeout = '1s';
-         CREATE TABLE own_key (LIKE messages INCLUDING DEFAULTS);
+         CREATE TABLE own_key (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
          ALTER TABLE own_key ADD CONSTRAINT own_key_tenant FOREIGN KEY (\"tenantId\") REFERENCES tenants(id) ON DELETE CASCADE;",
     )
     .unwrap();

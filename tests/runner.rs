@@ -450,20 +450,20 @@ fn migrate_at_boot_from_a_tokio_app() {
     assert_eq!(history(&db).len(), n);
 }
 
-/// The README pastes `--help`; this keeps the paste true.
+/// docs/commands.md pastes `--help`; this keeps the paste true.
 #[test]
-fn the_readme_shows_the_real_help() {
+fn the_commands_page_shows_the_real_help() {
     let out = runner_bin()
         .arg("--help")
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();
     let help = stdout(&out);
     assert!(
-        readme.contains(&format!("$ meta-chat-migrate --help\n{help}```")),
-        "README.md's --help differs from the binary's:\n{help}"
+        page.contains(&format!("$ meta-chat-migrate --help\n{help}```")),
+        "docs/commands.md's --help differs from the binary's:\n{help}"
     );
 }

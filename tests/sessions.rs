@@ -485,7 +485,7 @@ fn a_role_connection_limit_below_jobs_plus_two_still_migrates() {
     assert!(
         line.contains("53300")
             && line.contains("connection limit is reached")
-            && line.contains("lower --jobs"),
+            && line.contains("a run needs two connections"),
         "{line}"
     );
 }

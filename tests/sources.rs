@@ -119,8 +119,8 @@ fn each_source_wins_over_the_ones_below_it() {
         "{}",
         stderr(&out)
     );
-    // An empty variable counts as unset, as in the official images.
-    assert_ok(
+    // An empty variable is a mistake, not "unset": it does not fall through to the PG* ones.
+    assert_refused(
         "empty DATABASE_URL",
         &status(
             &[],
@@ -132,6 +132,8 @@ fn each_source_wins_over_the_ones_below_it() {
                 pg_good[3],
             ],
         ),
+        2,
+        &["DATABASE_URL is set but empty"],
     );
 }
 
@@ -346,4 +348,147 @@ fn pgbouncer_true_is_refused_with_a_hint_to_use_the_direct_url() {
         2,
         &["\"pool_size\""],
     );
+}
+
+/// libpq's service file: `PGSERVICE` or `service=` names a section of `PGSERVICEFILE` (or
+/// `~/.pg_service.conf`, then `PGSYSCONFDIR/pg_service.conf`); its values fill what the string
+/// does not give. A service no file defines, or a `PGSERVICEFILE` that does not exist, is an
+/// error; none falls through to the development default.
+#[test]
+fn service_files_are_read_as_libpq_reads_them() {
+    let db = TestDb::new();
+    let dir = TempDir::new("service");
+    let section = format!(
+        "# the platform\n[chat]\nhost=127.0.0.1\nport={}\ndbname={}\nuser=postgres\n",
+        server_port(),
+        db.name
+    );
+    let file = dir.file("services.conf", &section, 0o600);
+    let file = file.to_str().unwrap();
+    assert_ok(
+        "PGSERVICE",
+        &status(&[], &[("PGSERVICE", "chat"), ("PGSERVICEFILE", file)]),
+    );
+    assert_ok(
+        "service=",
+        &status(
+            &["--database-url", "service=chat"],
+            &[("PGSERVICEFILE", file)],
+        ),
+    );
+    // What the string gives wins over the service.
+    assert_refused(
+        "string over service",
+        &status(
+            &[
+                "--database-url",
+                &format!("service=chat dbname={NO_SUCH_DB}"),
+            ],
+            &[("PGSERVICEFILE", file)],
+        ),
+        1,
+        &[NO_SUCH_DB],
+    );
+    let sysconf = TempDir::new("sysconf");
+    sysconf.file("pg_service.conf", &section, 0o644);
+    assert_ok(
+        "PGSYSCONFDIR",
+        &status(
+            &[],
+            &[
+                ("PGSERVICE", "chat"),
+                ("PGSYSCONFDIR", sysconf.0.to_str().unwrap()),
+            ],
+        ),
+    );
+    let out = status(&[], &[("PGSERVICE", "nope"), ("PGSERVICEFILE", file)]);
+    assert_refused(
+        "unknown service",
+        &out,
+        2,
+        &["service \"nope\"", "is defined in none of"],
+    );
+    assert!(
+        !stderr(&out).contains("development default"),
+        "{}",
+        stderr(&out)
+    );
+    assert_refused(
+        "missing PGSERVICEFILE",
+        &status(
+            &[],
+            &[
+                ("PGSERVICE", "chat"),
+                ("PGSERVICEFILE", "/nonexistent/pg_service.conf"),
+            ],
+        ),
+        2,
+        &["PGSERVICEFILE /nonexistent/pg_service.conf: no such file"],
+    );
+}
+
+/// A variable that names the database, set but empty, is an error, not the development default.
+#[test]
+fn empty_database_variables_are_errors() {
+    for var in ["DATABASE_URL", "DATABASE_URL_FILE", "PGSERVICE"] {
+        let out = status(&[], &[(var, "")]);
+        assert_refused(var, &out, 2, &[&format!("{var} is set but empty")]);
+        assert!(
+            !stderr(&out).contains("development default"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_refused(
+        "--database-url ''",
+        &status(&["--database-url", ""], &[]),
+        2,
+        &["--database-url is empty"],
+    );
+}
+
+/// `user:@host` is no password, as psql takes it: `PGPASSWORD` gives it. The negative: the
+/// same URL with no password anywhere is refused by the server.
+#[test]
+fn an_empty_url_password_falls_back_to_pgpassword() {
+    let db = TestDb::new();
+    let url = format!("postgres://mcm_pw:@127.0.0.1:{}/{}", server_port(), db.name);
+    assert_ok(
+        "PGPASSWORD",
+        &status(
+            &["--database-url", &url],
+            &[("PGPASSWORD", "Pw-7f3a9c-never-printed")],
+        ),
+    );
+    let out = status(&["--database-url", &url], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(error_line(&out).contains("password"), "{}", stderr(&out));
+}
+
+/// A password file line whose password holds unescaped `:` gives the whole rest of the line as
+/// the password, as libpq reads it; the server (scram-sha-256) takes it.
+#[test]
+fn a_password_with_unescaped_colons_in_the_password_file_logs_in() {
+    let cluster = Cluster::start(
+        &[],
+        "",
+        Some("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"),
+    );
+    cluster
+        .admin()
+        .batch_execute("SET password_encryption = 'scram-sha-256'; CREATE ROLE colon LOGIN PASSWORD 'pa:ss:wo\\rd'")
+        .unwrap();
+    let dir = TempDir::new("pgpass");
+    let file = dir.file(
+        "pgpass",
+        &format!("127.0.0.1:{}:*:colon:pa:ss:wo\\\\rd\n", cluster.port),
+        0o600,
+    );
+    let url = format!("postgres://colon@127.0.0.1:{}/postgres", cluster.port);
+    let out = status(
+        &["--database-url", &url],
+        &[("PGPASSFILE", file.to_str().unwrap())],
+    );
+    assert_ok("unescaped colons", &out);
+    assert!(!stderr(&out).contains("pa:ss"), "{}", stderr(&out));
 }

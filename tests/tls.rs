@@ -259,3 +259,60 @@ fn sslrootcert_system_refuses_a_server_the_system_does_not_trust() {
     );
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
 }
+
+/// A server whose certificate is X.509 v1 (self-signed without extensions, as Citus makes its
+/// own): `require` and `prefer` take it, as psql does, since they check no certificate; the
+/// handshake's signature is still checked against its key. `verify-ca` refuses it.
+#[test]
+fn require_and_prefer_accept_an_x509_v1_certificate() {
+    let certs = TempDir::new("v1");
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "set -e; openssl req -new -newkey rsa:2048 -nodes -keyout server.key -subj /CN=localhost -out server.csr 2>/dev/null
+             openssl x509 -req -in server.csr -signkey server.key -days 2 -out server.crt 2>/dev/null
+             openssl x509 -in server.crt -noout -text | grep -q 'Version: 1 (0x0)'",
+        ])
+        .current_dir(&certs.0)
+        .output()
+        .expect("bash and openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(certs.0.join(name)).unwrap();
+    let cluster = Cluster::start(
+        &[
+            ("server.crt", &read("server.crt"), 0o644),
+            ("server.key", &read("server.key"), 0o600),
+        ],
+        "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n"),
+    );
+    for mode in ["require", "prefer"] {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}",
+            cluster.port
+        );
+        let (out, _) = status(&url, &[]);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", stderr(&out));
+        // psql agrees.
+        let psql = Command::new(pg_bindir().join("psql"))
+            .args([
+                &url,
+                "-XAtc",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "t", "{mode}");
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-ca&sslrootcert={}",
+        cluster.port,
+        p(&certs.0.join("server.crt"))
+    );
+    let (out, _) = status(&url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}

@@ -10,7 +10,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use postgres::Client;
 
 const PIECES: [&str; 3] = ["Se3cr", "et-p4rt", "tw0-9x"];
 
@@ -100,41 +99,10 @@ fn inputs_that_used_to_panic_are_usage_errors() {
     );
 }
 
-/// A session that holds the migration lock and stays busy in a statement, as a live runner's
-/// lock connection looks; cancelled when dropped.
-struct BusyHolder {
-    pid: i32,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for BusyHolder {
-    fn drop(&mut self) {
-        let mut admin = Client::connect(&admin_url(), postgres::NoTls).unwrap();
-        let _ = admin.execute("SELECT pg_cancel_backend($1)", &[&self.pid]);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 /// Starts a runner that waits for the migration lock, held by a live-looking session, so that
 /// the runner stays connected without doing anything but polling for the lock.
 fn waiting_runner(db: &TestDb, url: &str, netns: Option<&str>) -> (Child, BusyHolder) {
-    let mut holder = db.client();
-    holder
-        .batch_execute("SET application_name = 'meta-chat-migrate'")
-        .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
-    holder
-        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
-        .unwrap();
-    let pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let handle = thread::spawn(move || {
-        let _ = holder.batch_execute("SELECT pg_sleep(300)");
-    });
+    let holder = BusyHolder::take(db);
     let bin = env!("CARGO_BIN_EXE_meta-chat-migrate");
     let mut cmd = match netns {
         Some(ns) => {
@@ -150,13 +118,7 @@ fn waiting_runner(db: &TestDb, url: &str, netns: Option<&str>) -> (Child, BusyHo
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    (
-        child,
-        BusyHolder {
-            pid,
-            handle: Some(handle),
-        },
-    )
+    (child, holder)
 }
 
 /// `timer:(keepalive,29sec,0)` of each socket of `pid` to `port`, in seconds.
@@ -201,7 +163,7 @@ fn tcp_keepalives_are_on_by_default_and_follow_the_url() {
         // a few times and keep what was seen.
         let mut seen: Vec<Option<u64>> = Vec::new();
         let connected = eventually(Duration::from_secs(10), || {
-            keepalive_timers(child.id(), server_port()).len() >= 2
+            !keepalive_timers(child.id(), server_port()).is_empty()
         });
         for _ in 0..10 {
             seen.extend(keepalive_timers(child.id(), server_port()));

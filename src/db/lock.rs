@@ -446,8 +446,12 @@ const POLL: Duration = Duration::from_millis(200);
 impl MigrationLock {
     /// Takes the migration lock on `conn` (waiting as the module docs say), ends what an earlier
     /// run left running, and starts the keeper.
-    pub fn acquire(mut conn: Conn, settings: &Settings) -> Result<MigrationLock> {
-        wait_for_lock(&mut conn, settings)?;
+    pub fn acquire(
+        mut conn: Conn,
+        settings: &Settings,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<MigrationLock> {
+        wait_for_lock(&mut conn, settings, on_wait)?;
         end_leftovers(&mut conn, &settings.interrupt)?;
         let watch = BlockerWatch::new(settings.progress_every);
         let shared: Arc<(Mutex<KeeperState>, Condvar)> = Arc::default();
@@ -576,9 +580,11 @@ fn keep(
 }
 
 /// Waits for key 1 as the module docs say.
-fn wait_for_lock(conn: &mut Conn, settings: &Settings) -> Result<()> {
+/// Takes key 1, waiting for its holder as the module docs say; `on_wait` runs once, when it
+/// first has to wait.
+fn wait_for_lock(conn: &mut Conn, settings: &Settings, on_wait: &mut dyn FnMut()) -> Result<()> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(50);
+    let mut delay = FIRST_DELAY;
     let mut last_logged: Option<Instant> = None;
     let mut not_a_runner_since: Option<Instant> = None;
     loop {
@@ -622,10 +628,15 @@ fn wait_for_lock(conn: &mut Conn, settings: &Settings) -> Result<()> {
                 last_logged = Some(Instant::now());
             }
         }
+        if delay == FIRST_DELAY {
+            on_wait();
+        }
         settings.interrupt.sleep(super::retry::jitter(delay))?;
         delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
+
+const FIRST_DELAY: Duration = Duration::from_millis(50);
 
 fn not_a_runner(holder: &Holder) -> String {
     let what = if holder.is_runner() == Some(true) {

@@ -33,19 +33,48 @@ use crate::tls;
 pub use lock::{BlockerWatch, Guarded, MigrationLock};
 pub use retry::LockPolicy;
 
-/// Connects (waiting for the server), refuses a transaction-mode pooler and a read-only
-/// database, and takes the migration lock (ending what an earlier run left running). Changes
+/// Takes the migration lock on `first` (the run's first connection, or a new one), after ruling
+/// out a transaction-mode pooler and a read-only database, then opens the connection the run
+/// works on (ending what an earlier run left running). While it waits for another runner's lock
+/// it holds that one connection: the pooler probe's second session is closed first. Changes
 /// nothing.
-pub(crate) fn lock_database(settings: &Settings, target: &DbTarget) -> Result<(Conn, MigrationLock)> {
-    let mut main = connect_raw_with_wait(settings)?;
-    let mut lock_conn = connect_raw(settings)?;
-    pooler::ensure_own_sessions(&mut main, &mut lock_conn, target)?;
-    main.setup(settings, settings.lock_timeout)?;
+pub(crate) fn lock_database(settings: &Settings, first: Option<Conn>) -> Result<(Conn, MigrationLock)> {
+    let mut lock_conn = match first {
+        Some(c) => c,
+        None => connect_raw_with_wait(settings)?,
+    };
+    let target = lock_conn.target().clone();
+    let mut probe = Some(connect_raw(settings)?);
+    if let Some(p) = probe.as_mut() {
+        pooler::ensure_own_sessions(&mut lock_conn, p, &target)?;
+    }
     lock_conn.setup(settings, settings.lock_timeout)?;
-    ensure_writable(&mut main, target)?;
-    let lock = MigrationLock::acquire(lock_conn, settings)?;
+    ensure_writable(&mut lock_conn, &target)?;
+    // The probe's session becomes the one the run works on, unless the lock must be waited for:
+    // then it is closed first, and the working connection opened once the lock is had.
+    let lock = MigrationLock::acquire(lock_conn, settings, &mut || probe = None)?;
+    let mut main = match probe {
+        Some(p) => p,
+        None => connect_after_wait(settings)?,
+    };
+    main.setup(settings, settings.lock_timeout)?;
     lock::join_work(&mut main)?;
     Ok((main, lock))
+}
+
+/// The working connection, opened once the lock is had: a connection limit that the probe's
+/// session (just closed, its backend perhaps still exiting) counted against is waited out for a
+/// moment; any other failure is final.
+fn connect_after_wait(settings: &Settings) -> Result<Conn> {
+    let started = Instant::now();
+    loop {
+        match connect_raw(settings) {
+            Err(e) if e.sqlstate() == Some("53300") && started.elapsed() < Duration::from_secs(2) => {
+                settings.interrupt.sleep(Duration::from_millis(100))?;
+            }
+            other => return other,
+        }
+    }
 }
 
 pub const APPLICATION_NAME: &str = "meta-chat-migrate";
@@ -55,8 +84,9 @@ pub const APPLICATION_NAME: &str = "meta-chat-migrate";
 pub const CLIENT_CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// SQLSTATEs after which waiting for the server makes no sense: bad credentials, no such
-/// database, no such role, no permission.
-const PERMANENT_CONNECT_ERRORS: &[&str] = &["28000", "28P01", "3D000", "42501"];
+/// database, no such role, no permission, a start-up option (`options=`, `PGOPTIONS`) the server
+/// rejects.
+const PERMANENT_CONNECT_ERRORS: &[&str] = &["28000", "28P01", "3D000", "42501", "42704", "22023"];
 
 /// One connection of a run: the driver's client, its backend pid and server version, and its
 /// registration with the run's `Interrupt`. Derefs to the client.
@@ -64,6 +94,8 @@ pub struct Conn {
     client: Client,
     pid: i32,
     server_version: i32,
+    /// The server it reached.
+    target: DbTarget,
     _cancel: Registration,
 }
 
@@ -83,6 +115,11 @@ impl DerefMut for Conn {
 impl Conn {
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The server it reached (one host of a multi-host URL): what logs and reports name.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -156,37 +193,107 @@ pub fn set_lock_timeout(client: &mut Client, timeout: Duration) -> Result<()> {
 }
 
 /// Opens one connection, registered with the run's interrupt, with no session settings yet (a
-/// pooler must be ruled out before anything is set on a server connection it may share).
+/// pooler must be ruled out before anything is set on a server connection it may share). It
+/// goes to the server the run's first connection reached ([`crate::config::Pin`]).
 pub fn connect_raw(settings: &Settings) -> Result<Conn> {
-    open(settings).map_err(|(err, _)| err)
+    open(settings, Duration::MAX).map_err(|(err, _)| err)
 }
 
-/// [`connect_raw`], and whether its failure is one that waiting for the server may cure.
-fn open(settings: &Settings) -> std::result::Result<Conn, (Error, Wait)> {
+/// [`connect_raw`] within `bound` (and the URL's `connect_timeout`), and whether its failure is
+/// one that waiting for the server may cure. The first connection of a run, when the URL lists
+/// several hosts, tries them in order and pins the run to the first that takes it; an error then
+/// pairs each host with its own cause.
+fn open(settings: &Settings, bound: Duration) -> std::result::Result<Conn, (Error, Wait)> {
     let final_ = |e: Error| (e, Wait::GiveUp);
     settings.interrupt.check().map_err(|r| final_(r.into()))?;
-    let conn = settings.connection().map_err(final_)?;
+    let all = settings.connection().map_err(final_)?;
+    if let Some(i) = settings.pin.get() {
+        return open_host(settings, Some(i), bound);
+    }
+    if all.hosts == 1 {
+        let conn = open_host(settings, None, bound)?;
+        settings.pin.set(Some(0));
+        return Ok(conn);
+    }
+    let mut failures = Vec::new();
+    for i in 0..all.hosts {
+        match open_host(settings, Some(i), bound) {
+            Ok(conn) => {
+                settings.pin.set(Some(i));
+                return Ok(conn);
+            }
+            Err((Error::Connect { target, cause, .. }, wait)) => failures.push((target, cause, wait)),
+            Err(other) => return Err(other),
+        }
+    }
+    let wait = if failures.iter().any(|f| f.2 == Wait::Retry) {
+        Wait::Retry
+    } else {
+        Wait::GiveUp
+    };
+    let cause = failures
+        .iter()
+        .map(|(t, c, _)| format!("{t}: {c}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err((
+        Error::Connect {
+            target: all.target.to_string(),
+            waited: Duration::ZERO,
+            sqlstate: None,
+            cause: format!("no host took the connection ({cause})"),
+        },
+        wait,
+    ))
+}
+
+/// One connection to host `i` of the URL (all of them when `None`).
+fn open_host(
+    settings: &Settings,
+    i: Option<usize>,
+    bound: Duration,
+) -> std::result::Result<Conn, (Error, Wait)> {
+    let final_ = |e: Error| (e, Wait::GiveUp);
+    let conn = match i {
+        Some(i) => settings.connection_to(i),
+        None => settings.connection(),
+    }
+    .map_err(final_)?;
     let mut config = conn.config;
     config.application_name(APPLICATION_NAME);
     let connector = tls::connector(&conn.tls).map_err(final_)?;
+    let target = conn.target;
     let fail = |e: postgres::Error| {
         let wait = classify(&e);
         let err = Error::Connect {
-            target: conn.target.to_string(),
+            target: target.to_string(),
             waited: Duration::ZERO,
             sqlstate: sqlstate(&e).map(str::to_owned),
             cause: describe_pg_error(&e),
         };
         (err, wait)
     };
-    let mut client = config.connect(connector.clone()).map_err(fail)?;
+    let limit = config.get_connect_timeout().copied().unwrap_or(Duration::MAX).min(bound);
+    let mut client = connect_within(settings, &config, &connector, limit)
+        .map_err(|e| match e {
+            Bounded::Driver(e) => fail(e),
+            Bounded::Silent(after) => (
+                Error::Connect {
+                    target: target.to_string(),
+                    waited: Duration::ZERO,
+                    sqlstate: None,
+                    cause: format!("the server took the connection but did not complete its start-up within {after:?} (connect_timeout): is it PostgreSQL, and is it running?"),
+                },
+                Wait::Retry,
+            ),
+            Bounded::Interrupted(r) => final_(r.into()),
+        })?;
     let registration = settings
         .interrupt
         .register(client.cancel_token(), connector);
-    let rows = client
-        .simple_query("SELECT pg_backend_pid(), current_setting('server_version_num')")
-        .map_err(fail)?;
-    let (pid, server_version) = first_row(&rows)
+    let rows = client.simple_query(IDENTIFY).map_err(fail)?;
+    let row = first_row(&rows);
+    let (pid, server_version) = row
         .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))
         .ok_or_else(|| {
             final_(Error::Database {
@@ -195,12 +302,78 @@ fn open(settings: &Settings) -> std::result::Result<Conn, (Error, Wait)> {
                 cause: "the server sent no row".into(),
             })
         })?;
+    if row.and_then(|r| r.get(2)) == Some("t") {
+        return Err((
+            Error::Connect {
+                target: target.to_string(),
+                waited: Duration::ZERO,
+                sqlstate: Some("53300".into()),
+                cause: "only the connection slots the server reserves for superusers are left (superuser_reserved_connections): the runner, a superuser, leaves them to the DBA".into(),
+            },
+            Wait::Retry,
+        ));
+    }
     Ok(Conn {
         client,
         pid,
         server_version,
+        target,
         _cancel: registration,
     })
+}
+
+/// The backend's pid, the server's version, and whether this connection took one of the slots
+/// kept for superusers (`superuser_reserved_connections`, and `reserved_connections` from 16):
+/// a superuser run gives such a slot back.
+const IDENTIFY: &str = "SELECT pg_backend_pid(), current_setting('server_version_num'), \
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+       AND (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+           > current_setting('max_connections')::int \
+             - current_setting('superuser_reserved_connections')::int \
+             - coalesce(current_setting('reserved_connections', true)::int, 0)";
+
+enum Bounded {
+    Driver(postgres::Error),
+    /// No answer within the bound.
+    Silent(Duration),
+    Interrupted(crate::interrupt::Reason),
+}
+
+/// The driver's connect (TCP, TLS, start-up, authentication), which bounds only the TCP part,
+/// bounded as a whole by `limit`: it runs on a thread of its own, and a connection that has not
+/// completed by then is given up (its thread ends when the server closes the connection: a
+/// PostgreSQL server does so after `authentication_timeout`). An interrupt ends the wait too.
+fn connect_within(
+    settings: &Settings,
+    config: &postgres::Config,
+    connector: &tokio_postgres_rustls::MakeRustlsConnect,
+    limit: Duration,
+) -> std::result::Result<Client, Bounded> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (config, connector) = (config.clone(), connector.clone());
+    std::thread::Builder::new()
+        .name("mcm-connect".into())
+        .spawn(move || {
+            let _ = tx.send(config.connect(connector));
+        })
+        .map_err(|_| Bounded::Silent(Duration::ZERO))?;
+    let started = Instant::now();
+    loop {
+        if let Some(r) = settings.interrupt.reason() {
+            return Err(Bounded::Interrupted(r));
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(Bounded::Silent(limit));
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(r) => return r.map_err(Bounded::Driver),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Bounded::Silent(started.elapsed()))
+            }
+        }
+    }
 }
 
 /// Whether a failed connection attempt is worth repeating within `--wait`.
@@ -229,9 +402,12 @@ pub(crate) fn classify(err: &postgres::Error) -> Wait {
     let text = describe_pg_error(err);
     let tls_refused = text.starts_with("error performing TLS handshake")
         && !is_transient_io(std::error::Error::source(err));
+    // target_session_attrs=read-write and a standby: the driver's own error, not the server's.
+    let read_only = text.contains("database does not allow writes");
     if text.starts_with("invalid configuration")
         || text.starts_with("authentication error")
         || tls_refused
+        || read_only
     {
         Wait::GiveUp
     } else {
@@ -277,7 +453,10 @@ pub fn connect_with_wait(settings: &Settings) -> Result<Conn> {
     Ok(conn)
 }
 
-/// [`connect_with_wait`] without the session settings.
+/// [`connect_with_wait`] without the session settings. The first connection of a run: it
+/// chooses the server every later connection of the run goes to. Each attempt is bounded by the
+/// URL's `connect_timeout` and by what is left of `--wait`; attempts go on, with backoff, until
+/// `--wait` has passed.
 pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
     validate(settings)?;
     let connection = settings.connection()?;
@@ -287,6 +466,7 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
             connection.ignored.join(", ")
         );
     }
+    settings.pin.set(None);
     let target: DbTarget = connection.target;
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -294,11 +474,17 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
     let mut last_logged: Option<Instant> = None;
     loop {
         attempt += 1;
-        match open(settings) {
+        // One attempt is bounded by connect_timeout; with --wait, also by what is left of it.
+        let bound = match settings.connect_wait {
+            w if w.is_zero() => Duration::MAX,
+            w => w.saturating_sub(started.elapsed()).max(Duration::from_millis(1)),
+        };
+        match open(settings, bound) {
             Ok(conn) => {
-                if attempt > 1 {
+                if attempt > 1 || connection.hosts > 1 {
                     log::info!(
-                        "connected to {target} after {:.1}s ({attempt} attempts)",
+                        "connected to {} after {:.1}s ({attempt} attempt(s))",
+                        conn.target(),
                         started.elapsed().as_secs_f64()
                     );
                 }
@@ -311,7 +497,7 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
                 wait,
             )) => {
                 let waited = started.elapsed();
-                if wait == Wait::GiveUp || waited + delay > settings.connect_wait {
+                if wait == Wait::GiveUp || waited >= settings.connect_wait {
                     return Err(Error::Connect {
                         target: target.to_string(),
                         waited,
@@ -327,7 +513,8 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
                     );
                     last_logged = Some(Instant::now());
                 }
-                settings.interrupt.sleep(retry::jitter(delay))?;
+                let left = settings.connect_wait.saturating_sub(waited);
+                settings.interrupt.sleep(retry::jitter(delay).min(left))?;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err((other, _)) => return Err(other),

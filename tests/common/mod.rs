@@ -818,3 +818,44 @@ pub fn interrupted_build(url: &str, name: &str, table: &str, columns: &str) {
         "no INVALID index left"
     );
 }
+
+/// A session that holds the migration lock of `db` and stays busy in a statement, as a live
+/// runner's lock connection looks; cancelled (and the lock released) when dropped.
+pub struct BusyHolder {
+    pub pid: i32,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyHolder {
+    pub fn take(db: &TestDb) -> BusyHolder {
+        let mut holder = db.client();
+        holder
+            .batch_execute("SET application_name = 'meta-chat-migrate'")
+            .unwrap();
+        let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
+        holder
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
+            .unwrap();
+        let pid: i32 = holder
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        let handle = std::thread::spawn(move || {
+            let _ = holder.batch_execute("SELECT pg_sleep(300)");
+        });
+        BusyHolder {
+            pid,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for BusyHolder {
+    fn drop(&mut self) {
+        let mut admin = Client::connect(&admin_url(), NoTls).unwrap();
+        let _ = admin.execute("SELECT pg_cancel_backend($1)", &[&self.pid]);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
