@@ -1,11 +1,13 @@
 //! Re-runs the build when a migration is added or changed, so that `embed_migrations!` embeds it,
 //! and lists the declarations of the `.rs` migrations (each `DECLARATION` static of
 //! `migrations/V*.rs`, in version order) for `src/embedded.rs`, so that a new online version is
-//! its migration file alone.
+//! its migration file alone. Also names the build's commit for `--version` (see [`version`]).
 use std::fmt::Write as _;
+use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rustc-env=MCM_VERSION={}", version());
     let mut files: Vec<String> = std::fs::read_dir("migrations")
         .expect("migrations/")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -33,4 +35,47 @@ fn main() {
     let dest =
         std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("declarations.rs");
     std::fs::write(dest, out).expect("write declarations.rs");
+}
+
+/// `0.1.0 (commit 0123456789ab)`, with `, dirty` when tracked files differ from that commit:
+/// from `MCM_COMMIT` when set (an image build, which has no `.git`), else from git, else
+/// `commit unknown`. Reruns when the commit, the index or the sources change.
+fn version() -> String {
+    let pkg = std::env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
+    println!("cargo:rerun-if-env-changed=MCM_COMMIT");
+    if let Ok(commit) = std::env::var("MCM_COMMIT") {
+        if !commit.trim().is_empty() {
+            return format!("{pkg} (commit {})", commit.trim());
+        }
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return format!("{pkg} (commit unknown)");
+    };
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/index");
+        // A commit on the branch moves its ref, not HEAD.
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            let common = git(&["rev-parse", "--git-common-dir"]).unwrap_or(dir);
+            println!("cargo:rerun-if-changed={common}/{branch}");
+            println!("cargo:rerun-if-changed={common}/packed-refs");
+        }
+    }
+    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    format!(
+        "{pkg} (commit {commit}{})",
+        if dirty { ", dirty" } else { "" }
+    )
 }

@@ -22,7 +22,7 @@ key = lambda v: [int(x) for x in v.split("-")[0].split(".")] + [int(v.rsplit("."
 print(max(vs, key=key))' "$1"
 }
 
-data=""; bin=""
+data=""; bin=""; failed=""
 stop() {
   if [ -n "$data" ] && [ -d "$data" ]; then
     runuser -u postgres -- "$bin/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
@@ -49,7 +49,14 @@ for major in "${majors[@]}"; do
   url="postgres://postgres@127.0.0.1:$port/postgres"
   scripts/test-setup.sh "$url"
   echo "=== test suite on PostgreSQL $version (port $port)"
-  TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo nextest run --locked --no-fail-fast ${test_args[@]+"${test_args[@]}"}
+  # Every major runs even when one fails; the script fails at the end, naming them.
+  if ! TEST_DATABASE_URL="$url" TEST_PG_BINDIR="$bin" cargo nextest run --locked --no-fail-fast ${test_args[@]+"${test_args[@]}"}; then
+    failed="$failed $version"
+  fi
   stop
   data=""
 done
+if [ -n "$failed" ]; then
+  echo "pg-matrix: tests failed on PostgreSQL$failed" >&2
+  exit 1
+fi

@@ -10,10 +10,10 @@ use std::fmt;
 use crate::catalog::Reader;
 
 use crate::catalog;
-use crate::engine;
-use crate::error::{Error, Result};
 use crate::embedded::{BASELINE, DECLARATIONS, PARTITIONED, TABLES};
+use crate::engine;
 use crate::engine::ops::Operation;
+use crate::error::{Error, Result};
 use crate::sql::Relation;
 
 /// Any validated FK from the table's "tenantId" to tenants, whatever its name.

@@ -45,7 +45,11 @@ pub(crate) fn nothing_to_do(settings: &Settings, conn: &mut Conn) -> Result<bool
     };
     log::debug!(
         "boot check: {} in {:.1} ms",
-        if answer { "nothing to do" } else { "work to do" },
+        if answer {
+            "nothing to do"
+        } else {
+            "work to do"
+        },
         started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(answer)
@@ -93,7 +97,12 @@ fn history_matches(schema: &str) -> String {
 fn window_ahead(schema: &str, premake: u32) -> String {
     let tables: Vec<String> = MONTHLY
         .iter()
-        .map(|t| format!("({})", quote_literal(&Relation::new(schema, *t).to_string())))
+        .map(|t| {
+            format!(
+                "({})",
+                quote_literal(&Relation::new(schema, *t).to_string())
+            )
+        })
         .collect();
     format!(
         "(WITH t(name) AS (VALUES {tables}), \

@@ -182,7 +182,10 @@ impl CheckReport {
                 o.partitions_done,
                 o.partitions,
                 if o.is_drift() {
-                    format!(": DRIFT (version {} is applied): `meta-chat-migrate migrate` restores it", o.version)
+                    format!(
+                        ": DRIFT (version {} is applied): `meta-chat-migrate migrate` restores it",
+                        o.version
+                    )
                 } else {
                     String::new()
                 }
@@ -330,8 +333,16 @@ pub fn check(
     }
     let mut report = CheckReport {
         schema: schema.to_string(),
-        orphans: rules.iter().filter(|r| r.label == "orphans").cloned().collect(),
-        cross_tenant: rules.iter().filter(|r| r.label == "cross-tenant").cloned().collect(),
+        orphans: rules
+            .iter()
+            .filter(|r| r.label == "orphans")
+            .cloned()
+            .collect(),
+        cross_tenant: rules
+            .iter()
+            .filter(|r| r.label == "cross-tenant")
+            .cloned()
+            .collect(),
         rules,
         operations: operations(c, schema)?,
         layout: Vec::new(),

@@ -27,23 +27,24 @@ Exit codes:
   2  usage error (bad flag or value, bad URL, an unreadable URL file, two URL sources of one
      level, unknown --target or --baseline version)
   3  rows a key would refuse (check, or migrate refusing under --orphans refuse)
-  4  a verify assertion failed or could not run
+  4  a verify assertion failed or could not run (also: the schema is not migrated)
   5  check: a partition window reaches fewer than --premake months ahead, a DEFAULT
      partition holds rows, or a helper CHECK of the runner is left
   6  check: drift: an object an applied version declares is missing, invalid or of another
      shape (migrate restores it online); 3 wins over 6, and 6 over 5
+  7  status --exit-code: a version is pending, divergent or unknown
   130, 143  stopped by SIGINT or SIGTERM: the run's statements were cancelled on the server
      and the migration lock released";
 
 /// Applies and checks the meta-chat PostgreSQL schema.
 #[derive(Parser)]
-#[command(name = "meta-chat-migrate", version, after_help = EXIT_CODES)]
+#[command(name = "meta-chat-migrate", version = crate::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE [default: DATABASE_URL, DATABASE_URL_FILE, libpq's PG* variables, else postgres://postgres@localhost:5432/postgres]
     #[arg(long, global = true, value_name = "URL")]
     database_url: Option<String>,
 
-    /// Read the URL from this file (a mounted secret; a trailing newline is ignored).
+    /// Read the URL from this file (a mounted secret): one line; a byte-order mark, line ends and blank lines are ignored.
     #[arg(long, global = true, value_name = "PATH")]
     database_url_file: Option<std::path::PathBuf>,
 
@@ -55,8 +56,22 @@ pub struct Cli {
     #[arg(long, global = true)]
     schema: Option<String>,
 
+    /// How log lines are written to stderr: text, or json (one object per line: time, level,
+    /// message, fields) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MCM_LOG_FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The form of the log lines on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[time LEVEL] message`, for people.
+    Text,
+    /// `{"time", "level", "message", "fields": {"target"}}`, one object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -65,8 +80,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Create the monthly partitions from the current month through --premake months ahead.
     Partitions(PartitionsArgs),
-    /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing.
-    Status(JsonArg),
+    /// Show applied, pending, divergent and unknown versions. Read-only: creates nothing. Exit 7 with --exit-code when not current.
+    Status(StatusArgs),
     /// Count rows the keys would refuse; show keys, indexes and partition windows. Exit 3 or 5.
     Check(CheckArgs),
     /// Run the spec's seven assertions and three of tenant consistency, rolled back. Exit 4 on failure.
@@ -131,6 +146,16 @@ pub struct CheckArgs {
 }
 
 #[derive(Args)]
+pub struct StatusArgs {
+    /// Exit 7 when a version is pending, divergent or unknown (a deploy gate).
+    #[arg(long)]
+    exit_code: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct JsonArg {
     /// Print JSON instead of text.
     #[arg(long)]
@@ -189,7 +214,7 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<i32, Error> {
     match cli.command {
         Command::Migrate(args) => migrate(settings, args),
         Command::Partitions(args) => partitions(settings, args),
-        Command::Status(a) => status(&settings, a.json),
+        Command::Status(a) => status(&settings, &a),
         Command::Check(a) => {
             settings.premake = a.premake;
             settings.as_of = a.as_of;
@@ -218,7 +243,12 @@ fn migrate(mut settings: Settings, args: MigrateArgs) -> Result<i32, Error> {
         print(args.json, &plan, || plan.lines());
         return Ok(exit::SUCCESS);
     }
-    let report = crate::migrate(&settings)?;
+    let mut done = None;
+    let report = crate::migrate::migrate_keeping(&settings, &mut done).inspect_err(|_| {
+        if let Some(d) = done {
+            *DONE_BEFORE_ERROR.lock().unwrap() = serde_json::to_value(d).ok();
+        }
+    })?;
     print(args.json, &report, || {
         let mut lines = vec![format!(
             "{}: at version {} ({} migration(s) applied)",
@@ -285,9 +315,9 @@ fn partitions(mut settings: Settings, args: PartitionsArgs) -> Result<i32, Error
     report.into_result().map(|_| exit::SUCCESS)
 }
 
-fn status(settings: &Settings, json: bool) -> Result<i32, Error> {
+fn status(settings: &Settings, args: &StatusArgs) -> Result<i32, Error> {
     let status = crate::status(settings)?;
-    print(json, &status, || {
+    print(args.json, &status, || {
         let mut lines = Vec::new();
         for e in &status.applied {
             let mark = if status.divergent.contains(e) {
@@ -309,7 +339,12 @@ fn status(settings: &Settings, json: bool) -> Result<i32, Error> {
         }
         lines
     });
-    Ok(exit::SUCCESS)
+    let current =
+        status.pending.is_empty() && status.divergent.is_empty() && status.unknown.is_empty();
+    Ok(match args.exit_code && !current {
+        true => exit::NOT_CURRENT,
+        false => exit::SUCCESS,
+    })
 }
 
 /// The value as one JSON document, or its text lines.
@@ -321,9 +356,15 @@ fn print<T: serde::Serialize>(json: bool, value: &T, lines: impl FnOnce() -> Vec
     }
 }
 
+/// What a failed `migrate` applied and did before its error (its report so far), for the JSON
+/// error document. One command runs per process.
+static DONE_BEFORE_ERROR: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
+
 /// An error as the one JSON document of a `--json` run, on stdout:
-/// `{"error": {"kind", "message", "exit_code", "sqlstate", "findings"}}` (`sqlstate` when the
-/// server sent one, `findings` with the rows a key would refuse).
+/// `{"error": {"kind", "message", "exit_code", "sqlstate", "findings"}, "done": ...}`
+/// (`sqlstate` when the server sent one or the error is one of PostgreSQL's, `findings` with the
+/// rows a key would refuse, `done` the report of what a failed `migrate` applied and did before
+/// the error, `null` when it had not begun).
 pub fn print_error_json(err: &Error) {
     let findings = match err {
         Error::Orphans(f) => serde_json::to_value(f).ok(),
@@ -336,7 +377,8 @@ pub fn print_error_json(err: &Error) {
             "exit_code": err.exit_code(),
             "sqlstate": err.sqlstate(),
             "findings": findings,
-        }
+        },
+        "done": DONE_BEFORE_ERROR.lock().unwrap().take(),
     }));
 }
 
@@ -354,12 +396,18 @@ pub fn print_usage_json(message: &str) {
 }
 
 impl Cli {
+    /// The form of the log lines, `--log-format`.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
     /// Whether the command was given `--json`: its errors are then JSON on stdout too.
     pub fn json(&self) -> bool {
         match &self.command {
             Command::Migrate(a) => a.json,
             Command::Partitions(a) => a.json,
-            Command::Status(a) | Command::Verify(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Verify(a) => a.json,
             Command::Check(a) => a.json,
         }
     }

@@ -133,6 +133,11 @@ impl Settings {
         connection(&self.database_url, Some(i))
     }
 
+    /// These settings for one run: the same, with a [`Pin`] of its own.
+    pub(crate) fn for_run(&self) -> Settings {
+        self.clone()
+    }
+
     /// Where the URL points: host, port and database, never the user or password.
     pub fn target(&self) -> Result<DbTarget> {
         Ok(self.connection()?.target)
@@ -175,10 +180,17 @@ pub(crate) struct Connection {
 }
 
 /// The host of the URL that a run's first connection reached: every later connection of the run
-/// goes there, so that a failover during a run never splits it across two servers. Clones of a
-/// [`Settings`] share it; each run sets it again with its first connection.
-#[derive(Clone, Default)]
+/// goes there, so that a failover during a run never splits it across two servers. Each run
+/// has its own ([`Settings::for_run`]), and a clone of a [`Settings`] starts without one: two runs
+/// of one application (a `migrate` and a `check`, say) never move each other's pin.
+#[derive(Default)]
 pub(crate) struct Pin(Arc<Mutex<Option<usize>>>);
+
+impl Clone for Pin {
+    fn clone(&self) -> Pin {
+        Pin::default()
+    }
+}
 
 impl Pin {
     pub(crate) fn get(&self) -> Option<usize> {
@@ -622,6 +634,18 @@ pub const MAX_SERVER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_or_a_run_starts_without_the_pin_of_another() {
+        let s = Settings::new("postgres://u@h1:5432,h2:5432/db");
+        s.pin.set(Some(1));
+        assert_eq!(s.pin.get(), Some(1));
+        assert_eq!(s.clone().pin.get(), None);
+        assert_eq!(s.for_run().pin.get(), None);
+        let run = s.for_run();
+        run.pin.set(Some(0));
+        assert_eq!(s.pin.get(), Some(1), "a run moved another's pin");
+    }
 
     #[test]
     fn durations() {

@@ -293,15 +293,30 @@ fn check_port(port: &str) -> Result<()> {
 }
 
 fn parse_query(query: &str, params: &mut ConnParams) -> Result<()> {
+    let mut after_password = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        // After `password=`, an unescaped '&' in the password splits it: what follows may be
+        // part of it, so no later key is shown.
+        let named = |what: &str| match after_password {
+            true => "after password= (if the password holds a '&', percent-encode it as %26)"
+                .to_string(),
+            false => format!("{:?}", shown(what)),
+        };
         let (key, value) = pair.split_once('=').ok_or_else(|| {
             invalid(format!(
-                "the query parameter {:?} has no '=' (expected key=value)",
-                shown(pair)
+                "the query parameter {} has no '=' (expected key=value)",
+                named(pair)
             ))
         })?;
         let key = decode(key, "name of a query parameter")?;
+        if after_password && !KEYWORDS.contains(&key.as_str()) && !PRISMA_OPTIONS.contains(&key.as_str()) && key != "ssl" {
+            return Err(invalid(format!(
+                "unknown connection parameter {}",
+                named(&key)
+            )));
+        }
         if key == "password" {
+            after_password = true;
             check_percent_escapes(value, "password")?;
             params.password = Some(percent_decode_str(value).collect());
             continue;

@@ -14,7 +14,6 @@
 use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
-use crate::db;
 use crate::embedded;
 use crate::engine::{self, Action, Item, OpPlan, Step};
 use crate::error::Result;
@@ -68,9 +67,10 @@ pub struct MigratePlan {
 }
 
 pub fn plan(settings: &Settings) -> Result<MigratePlan> {
+    let settings = &settings.for_run();
     migrate::validate(settings)?;
     let database = settings.target()?;
-    let mut conn = db::connect_with_wait(settings)?;
+    let mut conn = crate::schema::connect_platform(settings)?;
     let c = conn.client();
     let status = history::status(c)?;
     status.ensure_consistent()?;
@@ -86,8 +86,24 @@ pub fn plan(settings: &Settings) -> Result<MigratePlan> {
         Some(plan_batch(c, settings, &batch)?)
     };
     let mut online = Vec::new();
-    for batch in migrate::batches(&pending).iter().filter(|b| b.online()) {
-        online.push(plan_batch(c, settings, batch)?);
+    for (i, batch) in migrate::batches(&pending).iter().enumerate() {
+        if !batch.online() {
+            continue;
+        }
+        match plan_batch(c, settings, batch) {
+            Ok(p) => online.push(p),
+            // After versions that have not run, the catalog is not yet the one it will run on
+            // (the tables are not partitioned, say): what migrate finds then decides.
+            Err(e) if i > 0 => online.push(BatchPlan {
+                versions: batch.versions.iter().map(|e| e.version).collect(),
+                preflight: Vec::new(),
+                phases: Vec::new(),
+                not_planned: Some(format!(
+                    "planned once the versions before it have run (on today's catalog: {e})"
+                )),
+            }),
+            Err(e) => return Err(e),
+        }
     }
     let ends_latest = settings.target.is_none_or(|t| t == embedded::latest());
     let (partitions, partitions_not_planned) = if settings.skip_partitions || !ends_latest {
@@ -193,7 +209,8 @@ impl MigratePlan {
     fn batch_lines(&self, batch: &BatchPlan, out: &mut Vec<String>) {
         let versions: Vec<String> = batch.versions.iter().map(|v| v.to_string()).collect();
         out.push(if versions.is_empty() {
-            "drift: what applied versions declare is not all in place; restored online first:".to_string()
+            "drift: what applied versions declare is not all in place; restored online first:"
+                .to_string()
         } else {
             format!("online work before {}:", versions.join(", "))
         });

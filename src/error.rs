@@ -27,6 +27,8 @@ pub mod exit {
     /// `check`: a declared object of an applied version is missing, invalid or of another
     /// shape (`migrate` restores the first two online).
     pub const DRIFT: i32 = 6;
+    /// `status --exit-code`: a version is pending, divergent or unknown.
+    pub const NOT_CURRENT: i32 = 7;
     /// Stopped by SIGINT (128 + 2).
     pub const SIGINT: i32 = 130;
     /// Stopped by SIGTERM (128 + 15).
@@ -65,7 +67,7 @@ pub enum Error {
 
     /// No connection within `--wait` (`Settings::connect_wait`), or a failure that waiting
     /// cannot cure (bad password, no such database).
-    #[error("could not connect to {target} within {waited:?}: {cause}; {}", connect_advice(.sqlstate.as_deref(), .cause))]
+    #[error("could not connect to {target}{}: {cause}; {}", after_waiting(*.waited), connect_advice(.sqlstate.as_deref(), .cause))]
     Connect {
         /// Where it tried to connect (host, port and database; never user or password).
         target: String,
@@ -98,6 +100,8 @@ pub enum Error {
         attempts: u32,
         /// Why the last attempt gave way.
         last: String,
+        /// The SQLSTATE of the last attempt (55P03 for `lock_timeout`, 40P01 for a deadlock).
+        sqlstate: Option<String>,
         /// Attempts that ended in a deadlock, lost or avoided.
         deadlocks: u32,
         /// Pids of the sessions seen blocking it; empty if none was seen.
@@ -240,6 +244,15 @@ pub enum Error {
         names: String,
     },
 
+    /// `verify` on a schema without the platform's tables: nothing to assert on.
+    #[error("verify: schema {schema} has no {missing}: the database is not migrated (run migrate first), or the platform lives in another schema (pass --schema)")]
+    NotMigrated {
+        /// The schema verified.
+        schema: String,
+        /// The tables it lacks, comma-separated.
+        missing: String,
+    },
+
     /// An error of refinery with no database error behind it.
     #[error("refinery: {0}")]
     Refinery(String),
@@ -324,6 +337,14 @@ pub enum Error {
     },
 }
 
+/// ` after waiting 60s`, or nothing for an error that was not waited on.
+fn after_waiting(waited: Duration) -> String {
+    if waited < Duration::from_secs(1) {
+        return String::new();
+    }
+    format!(" after waiting {}s", waited.as_secs_f64().round())
+}
+
 fn connect_advice(sqlstate: Option<&str>, cause: &str) -> &'static str {
     match sqlstate {
         Some("53300") => "the server's or the role's connection limit is reached: a run needs two connections (the lock's and one to work on; --jobs adds workers only while slots are free), so end idle sessions or raise max_connections or the role's CONNECTION LIMIT",
@@ -388,7 +409,7 @@ impl Error {
             | Error::Usage { .. }
             | Error::UnknownVersionArg { .. } => exit::USAGE,
             Error::Orphans(_) => exit::ORPHANS,
-            Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
+            Error::VerifyFailed { .. } | Error::NotMigrated { .. } => exit::VERIFY_FAILED,
             Error::Interrupted {
                 reason: Reason::Signal { number, .. },
             } => exit::SIGNAL_BASE + number,
@@ -448,6 +469,7 @@ impl Error {
             Error::TransactionPooler { .. } => "transaction-pooler",
             Error::LockWait { .. } => "lock-wait",
             Error::Schema { .. } => "schema",
+            Error::NotMigrated { .. } => "not-migrated",
             Error::TooManyRowsToMove { .. } => "too-many-rows-to-move",
             Error::PartitionsIncomplete { .. } => "partitions-incomplete",
             Error::Task { .. } => "task",
@@ -467,9 +489,10 @@ impl Error {
     /// The SQLSTATE of the underlying database error, where there is one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Database { sqlstate, .. } | Error::Connect { sqlstate, .. } => {
-                sqlstate.as_deref()
-            }
+            Error::Database { sqlstate, .. }
+            | Error::Connect { sqlstate, .. }
+            | Error::LockTimeout { sqlstate, .. } => sqlstate.as_deref(),
+            Error::NewViolations { .. } => Some("23503"),
             _ => None,
         }
     }

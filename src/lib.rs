@@ -68,6 +68,10 @@ pub use partitions::{Created, Outside, PartitionsPlan, PartitionsReport};
 pub use preflight::Resolved;
 pub use verify::{Assertion, VerifyReport};
 
+/// This build's version and commit, as `--version` and the first log line of a run say it:
+/// `0.1.0 (commit 0123456789ab)`, `, dirty` when built from a tree that differs from it.
+pub const VERSION: &str = env!("MCM_VERSION");
+
 /// Applies pending migrations online, then keeps the monthly partitions ahead (see the README).
 /// Blocking; safe to call from anywhere, also from inside a tokio runtime (the work then runs on
 /// a thread of its own while this one waits): from async code prefer [`migrate_async`].
@@ -83,7 +87,8 @@ pub fn migrate_url(database_url: &str) -> Result<MigrateReport> {
 /// `status`: applied, pending, divergent and unknown versions. Creates nothing.
 pub fn status(settings: &Settings) -> Result<history::Status> {
     blocking::off_runtime(|| {
-        let mut conn = db::connect_with_wait(settings)?;
+        let settings = &settings.for_run();
+        let mut conn = schema::connect_platform(settings)?;
         history::status(conn.client())
     })
 }
@@ -91,7 +96,8 @@ pub fn status(settings: &Settings) -> Result<history::Status> {
 /// `check`: orphan counts, constraint status and partition layout. Read-only.
 pub fn check(settings: &Settings) -> Result<check::CheckReport> {
     blocking::off_runtime(|| {
-        let mut conn = db::connect_with_wait(settings)?;
+        let settings = &settings.for_run();
+        let mut conn = schema::connect_platform(settings)?;
         check::check(
             conn.client(),
             &settings.schema,
@@ -105,7 +111,8 @@ pub fn check(settings: &Settings) -> Result<check::CheckReport> {
 /// rolled back.
 pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
     blocking::off_runtime(|| {
-        let mut conn = db::connect_with_wait(settings)?;
+        let settings = &settings.for_run();
+        let mut conn = schema::connect_platform(settings)?;
         // Its assertions write (inside a transaction that is rolled back): a standby cannot run
         // them, and saying so beats "5 of 10 assertions failed".
         let target = conn.target().clone();
@@ -116,6 +123,7 @@ pub fn verify(settings: &Settings) -> Result<verify::VerifyReport> {
             },
             other => other,
         })?;
+        verify::ensure_migrated(conn.client(), &settings.schema)?;
         verify::verify(conn.client(), &settings.schema)
     })
 }

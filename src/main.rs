@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use meta_chat_migrations::cli::{self, Cli};
+use meta_chat_migrations::cli::{self, Cli, LogFormat};
 use meta_chat_migrations::{exit, Error, Interrupt, Reason};
 
 /// What is logged without `RUST_LOG`: the runner's own lines at `info`, and only warnings of the
@@ -24,16 +24,32 @@ fn log_filter(rust_log: Option<String>) -> String {
     }
 }
 
+/// Logs to stderr in the chosen form: text lines, or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&log_filter(std::env::var("RUST_LOG").ok()));
+    match format {
+        LogFormat::Text => builder.format_target(false).format_timestamp_millis(),
+        LogFormat::Json => builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "time": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "message": record.args().to_string(),
+                "fields": { "target": record.target() },
+            });
+            writeln!(buf, "{line}")
+        }),
+    };
+    builder.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::new()
-        .parse_filters(&log_filter(std::env::var("RUST_LOG").ok()))
-        .format_target(false)
-        .format_timestamp_millis()
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let log_format = cli.log_format();
+    init_logging(log_format);
     let json = cli.json();
     let interrupt = Interrupt::new();
     on_signals(interrupt.clone());
@@ -47,7 +63,13 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             // Never a panic: a closed stderr loses the line, not the exit code.
-            let _ = writeln!(std::io::stderr(), "error: {err}");
+            let _ = match log_format {
+                LogFormat::Text => writeln!(std::io::stderr(), "error: {err}"),
+                LogFormat::Json => {
+                    log::error!("error: {err}");
+                    Ok(())
+                }
+            };
             if json && err.report_not_printed() {
                 cli::print_error_json(&err);
             }

@@ -18,15 +18,15 @@ use serde::Serialize;
 
 use crate::adopt;
 use crate::catalog;
+use crate::catalog::Reader;
 use crate::config::{DbTarget, Settings};
 use crate::db::{self, BlockerWatch, Conn, LockPolicy, MigrationLock};
 use crate::embedded;
+use crate::embedded::DECLARATIONS;
+use crate::engine::ops::{self, Declaration, Operation, Rule};
 use crate::engine::{self, OpReport};
 use crate::error::{Error, Result};
 use crate::history::{self, Entry, Status};
-use crate::catalog::Reader;
-use crate::embedded::DECLARATIONS;
-use crate::engine::ops::{self, Declaration, Operation, Rule};
 use crate::preflight::{self, Resolved};
 use crate::sql::Relation;
 
@@ -98,11 +98,21 @@ impl MigrateReport {
 /// Does everything `meta-chat-migrate migrate` does. Safe to call from every replica of an
 /// application at boot: runners serialise on an advisory lock and apply each version once.
 pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
+    migrate_keeping(settings, &mut None)
+}
+
+/// [`migrate`], leaving in `done` what a failed run applied and did before its error (the
+/// versions, the drift restored, the online operations finished), for `migrate --json`.
+pub(crate) fn migrate_keeping(
+    settings: &Settings,
+    done: &mut Option<MigrateReport>,
+) -> Result<MigrateReport> {
+    let settings = &settings.for_run();
     let target = settings.target()?;
     validate(settings)?;
     log::info!(
         "meta-chat-migrate {}: migrating schema {} of {target}",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         settings.schema
     );
     let outcome = db::connect_raw_with_wait(settings).and_then(|mut first| {
@@ -116,7 +126,7 @@ pub fn migrate(settings: &Settings) -> Result<MigrateReport> {
         }
         let (mut main, lock) = crate::schema::lock_platform(settings, Some(first))?;
         let outcome =
-            migrate_locked(settings, &mut main, &lock, target).map_err(|e| lock.explain(e));
+            migrate_locked(settings, &mut main, &lock, target, done).map_err(|e| lock.explain(e));
         lock.release();
         outcome
     });
@@ -375,11 +385,12 @@ fn migrate_locked(
     main: &mut Conn,
     lock: &MigrationLock,
     database: DbTarget,
+    done: &mut Option<MigrateReport>,
 ) -> Result<MigrateReport> {
     let status = history::status(main.client())?;
     status.ensure_consistent()?;
     let (baseline, pending) = pending(settings, main.client(), &status)?;
-    let mut report = MigrateReport {
+    let report = done.insert(MigrateReport {
         database,
         schema: settings.schema.clone(),
         from: status.current(),
@@ -393,18 +404,18 @@ fn migrate_locked(
         partitions: None,
         partitions_error: None,
         up_to_date: false,
-    };
-    restore_drift(settings, main, lock, &status, &mut report)?;
-    apply_pending(settings, main, lock, &pending, &mut report)?;
+    });
+    restore_drift(settings, main, lock, &status, report)?;
+    apply_pending(settings, main, lock, &pending, report)?;
     log::info!(
         "database is at version {} ({} migration(s) applied)",
         report.to.map_or("none".into(), |v| v.to_string()),
         report.applied.len()
     );
     if report.to == Some(embedded::latest()) && !settings.skip_partitions {
-        keep_window(settings, main, lock, &mut report)?;
+        keep_window(settings, main, lock, report)?;
     }
-    Ok(report)
+    Ok(done.take().expect("the report of this run"))
 }
 
 /// The declarations of applied versions with an operation not in place as declared (dropped,
@@ -475,7 +486,9 @@ fn restore_drift(
             report.restored = reports;
             Ok(())
         }
-        Err(e) if matches!(e, Error::Interrupted { .. }) || settings.interrupt.reason().is_some() => {
+        Err(e)
+            if matches!(e, Error::Interrupted { .. }) || settings.interrupt.reason().is_some() =>
+        {
             Err(e)
         }
         Err(e) => {
@@ -517,7 +530,9 @@ fn apply_pending(
                 let resolved = check_and_preflight(settings, main.client(), batch)?;
                 report.orphans_resolved.extend(resolved);
             }
-            report.online.extend(run_phases(settings, main, lock, batch)?);
+            report
+                .online
+                .extend(run_phases(settings, main, lock, batch)?);
         }
         let policy = LockPolicy::of(settings);
         for entry in &batch.versions {

@@ -17,10 +17,10 @@ use serde::Serialize;
 
 use crate::config::{DbTarget, Settings};
 use crate::db::{BlockerWatch, Conn, LockPolicy};
+use crate::embedded::MONTHLY;
 use crate::engine::partitions::{self as months, MonthPlan, MonthRows, NotCreated, Window};
 use crate::engine::step::{Action, Step, StepCtx};
 use crate::error::{Error, Result};
-use crate::embedded::MONTHLY;
 use crate::sql::Relation;
 
 /// Rows moved out of DEFAULT per second while a month is created, rounded down from `cargo
@@ -217,7 +217,13 @@ fn within_limit(plans: &[MonthPlan], settings: &Settings) -> Option<NotCreated> 
     };
     Some(NotCreated {
         table: first.table.plain(),
-        month: Some(moving.iter().map(|p| p.month.as_str()).collect::<Vec<_>>().join(", ")),
+        month: Some(
+            moving
+                .iter()
+                .map(|p| p.month.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         reason: reason.to_string(),
     })
 }
@@ -230,6 +236,7 @@ pub(crate) fn maintain(
     main: &mut Conn,
     watch: &BlockerWatch,
 ) -> Result<PartitionsReport> {
+    let started = std::time::Instant::now();
     let Planned {
         tables: work,
         mut not_created,
@@ -274,6 +281,9 @@ pub(crate) fn maintain(
     }
     let planned: Vec<Relation> = work.iter().map(|t| t.window.table.clone()).collect();
     let windows = windows_after(settings, main, &planned);
+    for w in &windows {
+        log_window(w, &created, started.elapsed());
+    }
     Ok(PartitionsReport {
         premake: settings.premake,
         created,
@@ -313,7 +323,7 @@ fn run_table(
             let left = clean_up(ctx, main, p);
             return Err((failed(e, Some(&p.month), t.months.len() - i - 1), left));
         }
-        log::info!(
+        log::debug!(
             "{}: created {} for {} ({} rows moved from DEFAULT)",
             p.table.plain(),
             p.partition.plain(),
@@ -364,7 +374,10 @@ fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) -> Vec<Step> {
     let mut left = Vec::new();
     for s in &p.cleanup {
         match cleanup.run(main.client(), s) {
-            Ok(_) => log::info!("{}: done, so that nothing of the failed month is left", s.id),
+            Ok(_) => log::info!(
+                "{}: done, so that nothing of the failed month is left",
+                s.id
+            ),
             Err(e) => {
                 log::warn!("{}: could not be undone yet ({e})", s.id);
                 left.push(s.clone());
@@ -377,7 +390,32 @@ fn clean_up(ctx: &StepCtx<'_>, main: &mut Conn, p: &MonthPlan) -> Vec<Step> {
 /// The bound of each clean-up attempt after a failure.
 const CLEANUP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The windows of `tables` after a run, logged; a table whose window cannot be read is left out
+/// One line per table at the end of a run: its window, and the months this run created in it
+/// (each month has its own line at debug).
+fn log_window(w: &Window, created: &[Created], took: std::time::Duration) {
+    let table = w.table.plain();
+    let mine: Vec<&Created> = created.iter().filter(|c| c.table == table).collect();
+    let made = match (mine.first(), mine.last()) {
+        (Some(first), Some(last)) => format!(
+            "; created {} month(s) {} .. {} ({} rows moved from DEFAULT) in {:.1}s",
+            mine.len(),
+            first.month,
+            last.month,
+            mine.iter().map(|c| c.rows_moved).sum::<i64>(),
+            took.as_secs_f64()
+        ),
+        _ => "; nothing to create".to_string(),
+    };
+    log::info!(
+        "{table}: partitions {} .. {}, {} month(s) ahead of {}{made}",
+        w.first.as_deref().unwrap_or("-"),
+        w.last.as_deref().unwrap_or("-"),
+        w.ahead,
+        w.current
+    );
+}
+
+/// The windows of `tables` after a run; a table whose window cannot be read is left out
 /// (its trouble is reported already).
 fn windows_after(settings: &Settings, main: &mut Conn, tables: &[Relation]) -> Vec<Window> {
     let mut out = Vec::new();
@@ -388,17 +426,7 @@ fn windows_after(settings: &Settings, main: &mut Conn, tables: &[Relation]) -> V
             settings.premake,
             settings.as_of.as_deref(),
         ) {
-            Ok(w) => {
-                log::info!(
-                    "{}: partitions {} .. {}, {} month(s) ahead of {}",
-                    w.table.plain(),
-                    w.first.as_deref().unwrap_or("-"),
-                    w.last.as_deref().unwrap_or("-"),
-                    w.ahead,
-                    w.current
-                );
-                out.push(w);
-            }
+            Ok(w) => out.push(w),
             Err(e) => log::debug!("{}: window not read after the run: {e}", t.plain()),
         }
     }
@@ -427,10 +455,11 @@ fn warn_past_as_of(settings: &Settings, main: &mut Conn) {
 
 /// `meta-chat-migrate partitions`: connect, take the migration lock, maintain, release.
 pub fn run(settings: &Settings) -> Result<PartitionsReport> {
+    let settings = &settings.for_run();
     let target = settings.target()?;
     log::info!(
         "meta-chat-migrate {}: keeping the monthly partitions of schema {} of {target}, {} month(s) ahead",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         settings.schema,
         settings.premake
     );
@@ -448,7 +477,8 @@ pub fn run(settings: &Settings) -> Result<PartitionsReport> {
 
 /// `partitions --dry-run`: what `partitions` would do. No lock, no change.
 pub fn plan(settings: &Settings) -> Result<PartitionsPlan> {
-    let mut conn = crate::db::connect_with_wait(settings)?;
+    let settings = &settings.for_run();
+    let mut conn = crate::schema::connect_platform(settings)?;
     plan_on(conn.client(), settings)
 }
 

@@ -15,9 +15,9 @@ use crate::catalog::Reader;
 use serde::Serialize;
 
 use crate::config::OrphanPolicy;
+use crate::engine::ops::{Resolution, Rule};
 use crate::error::{Error, Result};
 use crate::findings::{Findings, RuleCount, SAMPLE_SIZE};
-use crate::engine::ops::{Resolution, Rule};
 use crate::sql::{Ident, Relation};
 
 /// What `archive` or `delete` did for one rule.

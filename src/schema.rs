@@ -2,15 +2,16 @@
 //! [`crate::db`]), whatever the role or database sets, and [`ensure_platform_here`] refuses to go
 //! on when the platform's tables or its history live in another schema: migrating an empty
 //! schema next to the real one would report success while the real tables stay as they were.
-//! [`lock_platform`] is how every command that changes something starts.
+//! [`lock_platform`] is how every command that changes something starts, [`connect_platform`]
+//! how every read-only one does.
 
 use postgres::Client;
 
 use crate::config::Settings;
 use crate::db::{self, Conn, MigrationLock};
+use crate::embedded::TABLES;
 use crate::error::{Error, Result};
 use crate::history::HISTORY_TABLE;
-use crate::embedded::TABLES;
 
 const SCHEMA_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)";
 /// Per schema, which of the platform's tables and the history table it holds.
@@ -36,6 +37,14 @@ pub(crate) fn lock_platform(
     let (mut main, lock) = db::lock_database(settings, first)?;
     ensure_platform_here(&mut main, &settings.schema)?;
     Ok((main, lock))
+}
+
+/// [`db::connect_with_wait`], then [`ensure_platform_here`]: a mistyped `--schema` is an error
+/// in the read-only commands too (not "every version pending"). Changes nothing.
+pub(crate) fn connect_platform(settings: &Settings) -> Result<Conn> {
+    let mut conn = db::connect_with_wait(settings)?;
+    ensure_platform_here(&mut conn, &settings.schema)?;
+    Ok(conn)
 }
 
 /// Refuses when `schema` does not exist, or lacks the history (or every platform table) that

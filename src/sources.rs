@@ -160,10 +160,7 @@ fn from_libpq_env(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
     log::warn!(
         "no database configured (--database-url, --database-url-file, DATABASE_URL, DATABASE_URL_FILE or PGHOST/PGPORT/PGUSER/PGDATABASE/PGSERVICE): using the development default host=localhost port=5432 database=postgres user=postgres"
     );
-    (
-        DEFAULT_DATABASE_URL.to_string(),
-        Origin::Default,
-    )
+    (DEFAULT_DATABASE_URL.to_string(), Origin::Default)
 }
 
 /// A value for a libpq key=value string: single-quoted, `\` and `'` escaped.
@@ -171,22 +168,29 @@ fn quote_kv(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// A secret file's content without its trailing newline. The error names the path, never the
-/// content.
+/// A secret file's one line: a byte-order mark, line ends and blank lines are ignored; two
+/// non-empty lines are refused (a `key=value` string is one line, its keywords separated by
+/// spaces). The error names the path, never the content.
 pub(crate) fn read_secret(path: &Path, what: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Source {
-        reason: format!("{what} {}: cannot read it ({e})", path.display()),
-    })?;
-    let text = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text);
-    if text.is_empty() {
-        return Err(Error::Source {
-            reason: format!("{what} {}: the file is empty", path.display()),
-        });
+    let refuse = |why: String| Error::Source {
+        reason: format!("{what} {}: {why}", path.display()),
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let lines: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    match lines[..] {
+        [] => Err(refuse("the file is empty".into())),
+        [line] => Ok(line.to_string()),
+        _ => Err(refuse(format!(
+            "it holds {} non-empty lines, and must hold one: the value alone (a key=value string on one line, its keywords separated by spaces)",
+            lines.len()
+        ))),
     }
-    Ok(text.to_string())
 }
 
 /// libpq's variables fill the keywords the connection string lacks; `PGPASSWORD_FILE` (the

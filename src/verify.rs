@@ -17,8 +17,6 @@
 use postgres::{Client, Transaction};
 use serde::Serialize;
 
-use crate::engine;
-use crate::error::{describe_pg_error, Error, Result};
 use crate::embedded::restore_api_logs_tenant_fk::{API_LOGS_TENANT_FK, API_LOGS_TENANT_IDX};
 use crate::embedded::restore_tenant_fk::{
     MESSAGES_TENANT_FK, MESSAGES_TENANT_IDX, ORPHANED_MESSAGES,
@@ -26,7 +24,9 @@ use crate::embedded::restore_tenant_fk::{
 use crate::embedded::tenant_consistent_messages::{
     CONVERSATIONS_ID_TENANT_KEY, MESSAGES_CONVERSATION_TENANT_FK,
 };
+use crate::engine;
 use crate::engine::ops::Operation;
+use crate::error::{describe_pg_error, Error, Result};
 use crate::preflight;
 use crate::sql::{Ident, Relation};
 
@@ -137,6 +137,27 @@ impl Fixture {
 
 const HAS_CONSTRAINT: &str = "SELECT EXISTS (SELECT 1 FROM pg_constraint \
      WHERE conrelid = $1::text::regclass AND conname = $2)";
+
+/// Refuses, in one line, a schema that holds none of what the assertions use (a database not
+/// migrated yet): exit 4, as an assertion that could not run.
+pub(crate) fn ensure_migrated(client: &mut Client, schema: &str) -> Result<()> {
+    let missing: Vec<String> = client
+        .query(
+            "SELECT t FROM unnest($2::text[]) t WHERE to_regclass(format('%I.%I', $1::text, t)) IS NULL",
+            &[&schema, &&["tenants", "conversations", "messages", "api_logs"][..]],
+        )
+        .map_err(|e| Error::db("looking for the platform's tables", e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotMigrated {
+        schema: schema.to_string(),
+        missing: missing.join(", "),
+    })
+}
 
 /// Runs the assertions and rolls everything back.
 pub fn verify(client: &mut Client, schema: &str) -> Result<VerifyReport> {

@@ -26,10 +26,10 @@ fn at_latest() -> TestDb {
 fn nothing_to_do_is_answered_without_the_lock() {
     let db = at_latest();
     let holder = BusyHolder::take(&db);
-    let started = Instant::now();
+    // With --lock-wait 2s, a run that waited for the held lock would fail: exit 0 proves it
+    // did not.
     let out = db.run(&["migrate", "--json", "--lock-wait", "2s"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(2), "it waited");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["up_to_date"], true, "{report}");
     assert!(stderr(&out).contains("nothing to do:"), "{}", stderr(&out));

@@ -516,16 +516,7 @@ fn the_postgres_healthcheck_goes_over_tcp() {
         let mut args = argv[1..].to_vec();
         let i = args.iter().position(|a| a == "-p").unwrap();
         args[i + 1] = port.to_string();
-        // The client is version-independent; the npm servers of the matrix do not ship it.
-        let own = pg_bindir().join("pg_isready");
-        let bin = if own.exists() {
-            own
-        } else {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|d| d.join("pg_isready"))
-                .find(|p| p.exists())
-                .expect("pg_isready on PATH")
-        };
+        let bin = client_bin("pg_isready");
         Command::new(bin).args(&args).env_clear().output().unwrap()
     };
     assert!(port.parse::<u16>().is_ok(), "-p {port}");

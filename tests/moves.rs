@@ -115,7 +115,7 @@ fn a_move_reaches_the_subscribers_of_a_publication_through_the_root() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out)
-            .contains("created public.messages_2027_01 for 2027-01 (892 rows moved from DEFAULT)"),
+            .contains("public.messages: partitions 2024-01 .. 2027-05, 6 month(s) ahead of 2026-11; created 5 month(s) 2027-01 .. 2027-05 (1500 rows moved from DEFAULT)"),
         "{}",
         stderr(&out)
     );

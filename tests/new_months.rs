@@ -227,6 +227,67 @@ fn new_months_carry_row_level_security_and_moved_rows_stay_with_their_tenant() {
     assert_eq!(visible_to(&db, &reader, "t3", "messages_2031_01"), 2);
 }
 
+/// Tables owned by an application role, every month (DEFAULT too) with forced row-level security
+/// and policies for another role only, so that the owner itself sees none of their rows.
+fn owned_and_forced() -> (Roles, TestDb, String) {
+    let roles = Roles::new(&["owner", "reader"]);
+    let db = with_rows_in_default();
+    let (owner, reader) = (roles.name("owner"), roles.name("reader"));
+    let mut c = db.client();
+    protect_months(&mut c, &reader);
+    own_everything(&mut c, &owner);
+    // The negative: the owner sees none of DEFAULT's rows, which a move as it would leave.
+    let mut as_owner = connect_as(&db, &owner);
+    assert_eq!(
+        count(&mut as_owner, "SELECT count(*) FROM messages_default"),
+        0
+    );
+    (roles, db, owner)
+}
+
+/// A superuser's run moves every row of the owner's forced, policy-protected DEFAULT (as itself,
+/// with row_security off) and gives the months the owner and the protection.
+#[test]
+fn a_forced_default_of_an_application_role_gives_up_every_row_to_a_superusers_run() {
+    let (_roles, db, owner) = owned_and_forced();
+    let mut c = db.client();
+    let out = partitions(&db, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_01"), 892);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_02"), 608);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 7);
+    assert_eq!(owner_of(&mut c, "messages_2027_01"), owner);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_class WHERE oid = 'messages_2027_01'::regclass AND relrowsecurity AND relforcerowsecurity"),
+        1
+    );
+}
+
+/// The owner's own run cannot see the rows to move: refused up front, naming the cause and what
+/// to run instead; nothing changes.
+#[test]
+fn a_run_that_row_level_security_blinds_is_refused_before_anything_is_made() {
+    let (_roles, db, owner) = owned_and_forced();
+    let mut c = db.client();
+    let before = partition_names(&mut c, "messages");
+    let out = run_bin(
+        &with_user(&db.url, &owner),
+        &["partitions", "--as-of", AS_OF],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!("row-level security on the DEFAULT partition of public.messages hides rows from {owner}")),
+        "{line}"
+    );
+    assert!(
+        line.contains("run partitions as a superuser or a role with BYPASSRLS"),
+        "{line}"
+    );
+    assert_eq!(partition_names(&mut c, "messages"), before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+}
+
 #[test]
 fn a_policy_that_cannot_be_carried_over_refuses_its_months_saying_why() {
     let db = latest_without_window();

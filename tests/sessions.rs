@@ -474,6 +474,22 @@ fn a_role_connection_limit_below_jobs_plus_two_still_migrates() {
         "{}",
         stderr(&out)
     );
+    // No slot even for the lock's connection: not waited for (--wait is 10s), advice given.
+    let started = Instant::now();
+    let out = with_connection_limit(0, "2");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited for --wait: {}",
+        stderr(&out)
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("53300")
+            && line.contains("raise max_connections or the role's CONNECTION LIMIT"),
+        "{line}"
+    );
+    assert!(!stderr(&out).contains("waiting for"), "{}", stderr(&out));
     let started = Instant::now();
     let out = with_connection_limit(1, "2");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -298,7 +298,7 @@ fn require_and_prefer_accept_an_x509_v1_certificate() {
         let (out, _) = status(&url, &[]);
         assert_eq!(out.status.code(), Some(0), "{mode}: {}", stderr(&out));
         // psql agrees.
-        let psql = Command::new(pg_bindir().join("psql"))
+        let psql = Command::new(client_bin("psql"))
             .args([
                 &url,
                 "-XAtc",

@@ -52,6 +52,23 @@ fn no_part_of_a_password_with_url_syntax_in_it_is_ever_printed() {
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert_no_piece(&password, &out);
     }
+    // In the query, an unescaped '&' splits the password: what follows it is never shown.
+    for query in [
+        format!("password={}&{}", PIECES[0], PIECES[1]),
+        format!("password={}&{}=x", PIECES[0], PIECES[1]),
+    ] {
+        let url = format!("postgres://postgres@{host}?{query}");
+        let out = run_bin(&url, &["status"]);
+        assert_eq!(out.status.code(), Some(2), "{query}: {}", stderr(&out));
+        assert!(
+            error_line(&out).contains(
+                "after password= (if the password holds a '&', percent-encode it as %26)"
+            ),
+            "{}",
+            stderr(&out)
+        );
+        assert_no_piece(&query, &out);
+    }
     // Encoded, the same password is read right (trust authentication ignores it; the URL is
     // accepted and the run goes through).
     let encoded = format!("{}%40{}%2F{}", PIECES[0], PIECES[1], PIECES[2]);

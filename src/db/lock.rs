@@ -631,7 +631,7 @@ fn wait_for_lock(conn: &mut Conn, settings: &Settings, on_wait: &mut dyn FnMut()
         if delay == FIRST_DELAY {
             on_wait();
         }
-        settings.interrupt.sleep(super::retry::jitter(delay))?;
+        settings.interrupt.sleep(super::pause::jitter(delay))?;
         delay = (delay * 2).min(Duration::from_secs(1));
     }
 }

@@ -17,6 +17,7 @@
 //!   ([`retry`]).
 
 pub mod lock;
+mod pause;
 pub(crate) mod pooler;
 pub mod retry;
 
@@ -38,7 +39,10 @@ pub use retry::LockPolicy;
 /// works on (ending what an earlier run left running). While it waits for another runner's lock
 /// it holds that one connection: the pooler probe's second session is closed first. Changes
 /// nothing.
-pub(crate) fn lock_database(settings: &Settings, first: Option<Conn>) -> Result<(Conn, MigrationLock)> {
+pub(crate) fn lock_database(
+    settings: &Settings,
+    first: Option<Conn>,
+) -> Result<(Conn, MigrationLock)> {
     let mut lock_conn = match first {
         Some(c) => c,
         None => connect_raw_with_wait(settings)?,
@@ -69,7 +73,9 @@ fn connect_after_wait(settings: &Settings) -> Result<Conn> {
     let started = Instant::now();
     loop {
         match connect_raw(settings) {
-            Err(e) if e.sqlstate() == Some("53300") && started.elapsed() < Duration::from_secs(2) => {
+            Err(e)
+                if e.sqlstate() == Some("53300") && started.elapsed() < Duration::from_secs(2) =>
+            {
                 settings.interrupt.sleep(Duration::from_millis(100))?;
             }
             other => return other,
@@ -85,8 +91,11 @@ pub const CLIENT_CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// SQLSTATEs after which waiting for the server makes no sense: bad credentials, no such
 /// database, no such role, no permission, a start-up option (`options=`, `PGOPTIONS`) the server
-/// rejects.
-const PERMANENT_CONNECT_ERRORS: &[&str] = &["28000", "28P01", "3D000", "42501", "42704", "22023"];
+/// rejects, and a connection limit reached (53300: the slots are the application's, and waiting
+/// out a full server at boot only adds one more client to it; the error says what to change).
+const PERMANENT_CONNECT_ERRORS: &[&str] = &[
+    "28000", "28P01", "3D000", "42501", "42704", "22023", "53300",
+];
 
 /// One connection of a run: the driver's client, its backend pid and server version, and its
 /// registration with the run's `Interrupt`. Derefs to the client.
@@ -222,7 +231,9 @@ fn open(settings: &Settings, bound: Duration) -> std::result::Result<Conn, (Erro
                 settings.pin.set(Some(i));
                 return Ok(conn);
             }
-            Err((Error::Connect { target, cause, .. }, wait)) => failures.push((target, cause, wait)),
+            Err((Error::Connect { target, cause, .. }, wait)) => {
+                failures.push((target, cause, wait))
+            }
             Err(other) => return Err(other),
         }
     }
@@ -273,7 +284,11 @@ fn open_host(
         };
         (err, wait)
     };
-    let limit = config.get_connect_timeout().copied().unwrap_or(Duration::MAX).min(bound);
+    let limit = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::MAX)
+        .min(bound);
     let mut client = connect_within(settings, &config, &connector, limit)
         .map_err(|e| match e {
             Bounded::Driver(e) => fail(e),
@@ -291,28 +306,10 @@ fn open_host(
     let registration = settings
         .interrupt
         .register(client.cancel_token(), connector);
-    let rows = client.simple_query(IDENTIFY).map_err(fail)?;
-    let row = first_row(&rows);
-    let (pid, server_version) = row
-        .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))
-        .ok_or_else(|| {
-            final_(Error::Database {
-                context: "reading the backend pid".into(),
-                sqlstate: None,
-                cause: "the server sent no row".into(),
-            })
-        })?;
-    if row.and_then(|r| r.get(2)) == Some("t") {
-        return Err((
-            Error::Connect {
-                target: target.to_string(),
-                waited: Duration::ZERO,
-                sqlstate: Some("53300".into()),
-                cause: "only the connection slots the server reserves for superusers are left (superuser_reserved_connections): the runner, a superuser, leaves them to the DBA".into(),
-            },
-            Wait::Retry,
-        ));
-    }
+    let (pid, server_version) = identify(&mut client, &target).map_err(|e| match e {
+        Identified::Driver(e) => fail(e),
+        Identified::Refused(e) => final_(e),
+    })?;
     Ok(Conn {
         client,
         pid,
@@ -322,10 +319,53 @@ fn open_host(
     })
 }
 
+/// Why [`identify`] refused a connection.
+enum Identified {
+    Driver(postgres::Error),
+    Refused(Error),
+}
+
+/// The backend's pid and the server's version; refused when the server sent no row, or the
+/// connection took one of the slots kept for superusers (a superuser run gives it back, and
+/// fails at once as on any connection limit).
+fn identify(
+    client: &mut Client,
+    target: &DbTarget,
+) -> std::result::Result<(i32, i32), Identified> {
+    let rows = client
+        .simple_query(IDENTIFY)
+        .map_err(Identified::Driver)?;
+    let row = first_row(&rows);
+    let (pid, server_version) = row
+        .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))
+        .ok_or_else(|| {
+            Identified::Refused(Error::Database {
+                context: "reading the backend pid".into(),
+                sqlstate: None,
+                cause: "the server sent no row".into(),
+            })
+        })?;
+    if row.and_then(|r| r.get(2)) == Some("t") {
+        return Err(Identified::Refused(Error::Connect {
+            target: target.to_string(),
+            waited: Duration::ZERO,
+            sqlstate: Some("53300".into()),
+            cause: "only the connection slots the server reserves for superusers are left (superuser_reserved_connections): the runner, a superuser, leaves them to the DBA".into(),
+        }));
+    }
+    Ok((pid, server_version))
+}
+
 /// The backend's pid, the server's version, and whether this connection took one of the slots
 /// kept for superusers (`superuser_reserved_connections`, and `reserved_connections` from 16):
 /// a superuser run gives such a slot back.
-const IDENTIFY: &str = "SELECT pg_backend_pid(), current_setting('server_version_num'), \
+/// Run before the session's settings are made, so a role's or database's short
+/// `statement_timeout` or `transaction_timeout` (17+) is lifted for it first (`SET LOCAL`, in the
+/// implicit transaction of the one simple query: nothing outlives it, also behind a pooler).
+const IDENTIFY: &str = "SET LOCAL statement_timeout = 0; \
+     DO $$ BEGIN IF current_setting('transaction_timeout', true) IS NOT NULL THEN \
+       SET LOCAL transaction_timeout = 0; END IF; END $$; \
+     SELECT pg_backend_pid(), current_setting('server_version_num'), \
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
        AND (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
            > current_setting('max_connections')::int \
@@ -477,7 +517,9 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
         // One attempt is bounded by connect_timeout; with --wait, also by what is left of it.
         let bound = match settings.connect_wait {
             w if w.is_zero() => Duration::MAX,
-            w => w.saturating_sub(started.elapsed()).max(Duration::from_millis(1)),
+            w => w
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
         };
         match open(settings, bound) {
             Ok(conn) => {
@@ -514,7 +556,7 @@ pub fn connect_raw_with_wait(settings: &Settings) -> Result<Conn> {
                     last_logged = Some(Instant::now());
                 }
                 let left = settings.connect_wait.saturating_sub(waited);
-                settings.interrupt.sleep(retry::jitter(delay).min(left))?;
+                settings.interrupt.sleep(pause::jitter(delay).min(left))?;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err((other, _)) => return Err(other),

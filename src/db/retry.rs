@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use super::pause::{backoff, jitter};
 use super::lock::{guard_params, BlockerWatch, Guarded};
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -91,10 +92,8 @@ impl LockPolicy {
         guard: &[Guarded],
         mut attempt: impl FnMut(Attempt) -> Result<T>,
     ) -> Result<T> {
-        let mut blockers: Vec<i32> = Vec::new();
+        let mut tally = Tally::default();
         let mut state = Attempt::default();
-        let mut deadlocks = 0;
-        let mut last = String::new();
         for n in 0..=self.retries {
             self.interrupt.check()?;
             // After a deadlock the step takes its strongest locks first: nothing to guard.
@@ -103,14 +102,7 @@ impl LockPolicy {
             let seen = watch.take(pid);
             let err = match outcome {
                 Ok(v) => return Ok(v),
-                Err(e) if seen.stopped_for_deadlock && e.sqlstate() == Some(QUERY_CANCELED) => {
-                    Error::Database {
-                        context: step.to_string(),
-                        sqlstate: Some(WOULD_DEADLOCK.into()),
-                        cause: "a transaction that holds a lock it needs waited for it: stopped before the deadlock; it starts over with its locks taken first".into(),
-                    }
-                }
-                Err(e) => e,
+                Err(e) => as_stopped(e, step, seen.stopped_for_deadlock),
             };
             let deadlock = matches!(err.sqlstate(), Some(DEADLOCK_DETECTED | WOULD_DEADLOCK));
             let waited = matches!(
@@ -120,39 +112,78 @@ impl LockPolicy {
             if !deadlock && !waited {
                 return Err(err);
             }
-            for pid in seen.blockers {
-                if !blockers.contains(&pid) {
-                    blockers.push(pid);
-                }
-            }
-            deadlocks += u32::from(deadlock);
             state.after_deadlock |= deadlock;
-            let why = reason(&err, self.lock_timeout);
-            last = why.clone();
+            let why = tally.record(&err, seen.blockers, deadlock, self.lock_timeout);
             if n == self.retries {
                 break;
             }
             let pause = jitter(backoff(n));
-            let by = if blockers.is_empty() {
-                String::new()
-            } else {
-                format!(" (blocked by pids {blockers:?})")
-            };
             log::warn!(
-                "{step}: {why}{by}; retry {} of {} in {:.2}s",
+                "{step}: {why}{}; retry {} of {} in {:.2}s",
+                tally.by(),
                 n + 1,
                 self.retries,
                 pause.as_secs_f64()
             );
             self.interrupt.sleep(pause)?;
         }
-        Err(Error::LockTimeout {
+        Err(tally.gave_up(step, self.retries + 1))
+    }
+}
+
+/// An attempt the blocker watch stopped before a deadlock (its statement cancelled) is that,
+/// not a cancel.
+fn as_stopped(err: Error, step: &str, stopped_for_deadlock: bool) -> Error {
+    if !(stopped_for_deadlock && err.sqlstate() == Some(QUERY_CANCELED)) {
+        return err;
+    }
+    Error::Database {
+        context: step.to_string(),
+        sqlstate: Some(WOULD_DEADLOCK.into()),
+        cause: "a transaction that holds a lock it needs waited for it: stopped before the deadlock; it starts over with its locks taken first".into(),
+    }
+}
+
+/// What the attempts of one step met: who blocked them, how many deadlocks, the last reason.
+#[derive(Default)]
+struct Tally {
+    blockers: Vec<i32>,
+    deadlocks: u32,
+    last: String,
+    last_sqlstate: Option<String>,
+}
+
+impl Tally {
+    /// Records an attempt that gave way; its reason.
+    fn record(&mut self, err: &Error, seen: Vec<i32>, deadlock: bool, lock_timeout: Duration) -> String {
+        for pid in seen {
+            if !self.blockers.contains(&pid) {
+                self.blockers.push(pid);
+            }
+        }
+        self.deadlocks += u32::from(deadlock);
+        self.last = reason(err, lock_timeout);
+        self.last_sqlstate = err.sqlstate().map(str::to_owned);
+        self.last.clone()
+    }
+
+    /// ` (blocked by pids [..])`, or nothing.
+    fn by(&self) -> String {
+        match self.blockers.is_empty() {
+            true => String::new(),
+            false => format!(" (blocked by pids {:?})", self.blockers),
+        }
+    }
+
+    fn gave_up(self, step: &str, attempts: u32) -> Error {
+        Error::LockTimeout {
             step: step.to_string(),
-            attempts: self.retries + 1,
-            last,
-            deadlocks,
-            blockers,
-        })
+            attempts,
+            last: self.last,
+            sqlstate: self.last_sqlstate,
+            deadlocks: self.deadlocks,
+            blockers: self.blockers,
+        }
     }
 }
 
@@ -249,31 +280,4 @@ pub(crate) fn stepped_aside(err: Error, step: &str) -> Error {
             SHORT_WAIT.as_millis()
         ),
     )
-}
-
-/// 250ms, 500ms, 1s, ... capped at 15s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(15))
-}
-
-/// A random duration in [d/2, d]: spreads retries of concurrent runners apart.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + Duration::from_secs_f64(half.as_secs_f64() * fastrand::f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(0), Duration::from_millis(250));
-        assert_eq!(backoff(2), Duration::from_millis(1000));
-        assert_eq!(backoff(30), Duration::from_secs(15));
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
-        }
-    }
 }

@@ -26,8 +26,8 @@ use crate::catalog::{self, Caps, Node};
 use crate::config::Settings;
 use crate::db::{BlockerWatch, Conn, LockPolicy};
 use crate::error::{Error, Result};
-use crate::sql::{choose_name, Relation};
 pub use crate::findings::Conflict;
+use crate::sql::{choose_name, Relation};
 use ops::Operation;
 use step::StepCtx;
 pub use step::{Action, Step};
@@ -316,6 +316,7 @@ pub(crate) fn run(
         watch,
         policy: LockPolicy::of(settings),
         counts: Mutex::new(vec![BTreeMap::new(); plans.len()]),
+        progress: Mutex::new(started),
         plans: &plans,
     };
     let mut spacing = Spacing::default();
@@ -325,8 +326,14 @@ pub(crate) fn run(
     phase.on_main(main, |p| &p.before, &mut spacing)?;
     phase.items(main)?;
     phase.on_main(main, |p| &p.after, &mut spacing)?;
-    let reports = finish(main, settings, &plans, phase.counts.into_inner().unwrap())?;
-    log::info!(
+    let reports = finish(
+        main,
+        settings,
+        &plans,
+        started,
+        phase.counts.into_inner().unwrap(),
+    )?;
+    log::debug!(
         "online work of this phase finished in {:.1}s",
         started.elapsed().as_secs_f64()
     );
@@ -340,6 +347,8 @@ struct Phase<'a> {
     policy: LockPolicy,
     plans: &'a [OpPlan],
     counts: Mutex<Vec<BTreeMap<String, usize>>>,
+    /// When a partition's line was last logged at `info` (the others go to `debug`).
+    progress: Mutex<Instant>,
 }
 
 impl Phase<'_> {
@@ -347,6 +356,17 @@ impl Phase<'_> {
         *self.counts.lock().unwrap()[p]
             .entry(a.name().into())
             .or_default() += 1;
+    }
+
+    /// `info` for a partition finished `--progress-every` after the last such line, so that a
+    /// long phase shows it is moving; `debug` for the others.
+    fn level_of_progress(&self) -> log::Level {
+        let mut last = self.progress.lock().unwrap();
+        if last.elapsed() < self.settings.progress_every {
+            return log::Level::Debug;
+        }
+        *last = Instant::now();
+        log::Level::Info
     }
 
     fn ctx(&self, pid: i32) -> StepCtx<'_> {
@@ -387,7 +407,8 @@ impl Phase<'_> {
                 self.tally(*p, s.action);
             }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            log::info!(
+            log::log!(
+                self.level_of_progress(),
                 "{} ({n} of {}), ~{} rows: {} in {:.2}s",
                 item.relation.plain(),
                 items.len(),
@@ -445,7 +466,7 @@ fn describe_steps(plans: &[OpPlan], steps: &[(usize, Step)]) -> String {
 
 fn announce(plan: &OpPlan, jobs: usize) {
     if plan.is_done() {
-        log::info!(
+        log::debug!(
             "{} {} on {}: already in place",
             plan.kind,
             plan.id,
@@ -453,7 +474,7 @@ fn announce(plan: &OpPlan, jobs: usize) {
         );
         return;
     }
-    log::info!(
+    log::debug!(
         "{} {} on {}: {} of {} partition(s) to do, ~{} rows, {} job(s){}",
         plan.kind,
         plan.id,
@@ -486,6 +507,7 @@ fn finish(
     main: &mut Conn,
     settings: &Settings,
     plans: &[OpPlan],
+    started: Instant,
     counts: Vec<BTreeMap<String, usize>>,
 ) -> Result<Vec<OpReport>> {
     let ops: Vec<&'static dyn Operation> = plans.iter().map(|p| p.op).collect();
@@ -507,11 +529,19 @@ fn finish(
             });
         }
         log::info!(
-            "{} {} on {}: in place ({} partition(s))",
+            "{} {} on {}: in place ({} partition(s), {} done by this run{}, ~{} rows) in {:.1}s",
             before.kind,
             before.id,
             before.table.plain(),
-            before.partitions
+            before.partitions,
+            before.items.len(),
+            if before.parent_not_valid {
+                ", NOT VALID on the parent first"
+            } else {
+                ""
+            },
+            before.estimated_rows,
+            started.elapsed().as_secs_f64()
         );
     }
     Ok(plans

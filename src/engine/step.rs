@@ -294,7 +294,10 @@ impl Step {
         Step {
             id: StepId::new(op, on, action),
             action,
-            statements: statements.into_iter().filter(|s| !s.sql.is_empty()).collect(),
+            statements: statements
+                .into_iter()
+                .filter(|s| !s.sql.is_empty())
+                .collect(),
             on_deadlock: None,
             run_as: None,
             locks,
@@ -422,8 +425,11 @@ impl StepCtx<'_> {
             return tx.batch_execute(&st.sql).map_err(|e| Error::db(id, e));
         }
         retry::ensure_none_waiting(tx, id, guard)?;
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", SHORT_WAIT.as_millis()))
-            .map_err(|e| Error::db(id, e))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            SHORT_WAIT.as_millis()
+        ))
+        .map_err(|e| Error::db(id, e))?;
         tx.batch_execute(&st.sql)
             .map_err(|e| retry::stepped_aside(Error::db(id, e), id))?;
         tx.batch_execute(&format!(

@@ -328,9 +328,10 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         .env("HOME", empty_home())
 }
 
-/// An empty directory of this test process, for `HOME`.
+/// An empty directory for `HOME`, one for every test process of this user (nothing writes
+/// into it, so none is left behind per process).
 pub fn empty_home() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mcm-home-{}", std::process::id()));
+    let dir = std::env::temp_dir().join("mcm-empty-home");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -597,6 +598,19 @@ pub fn pg_bindir() -> PathBuf {
         "no initdb for PostgreSQL {major}: set TEST_PG_BINDIR to the server's bin directory"
     );
     dir
+}
+
+/// A client program (`psql`, `pg_isready`): the server's own, else the one on `PATH` (the
+/// clients speak to every major; the npm servers of the matrix ship none).
+pub fn client_bin(name: &str) -> PathBuf {
+    let own = pg_bindir().join(name);
+    if own.exists() {
+        return own;
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} on PATH"))
 }
 
 /// A real standby: a fresh cluster started with `standby.signal` and no primary, so it stays in

@@ -205,7 +205,11 @@ impl Operation for Check {
         let adopt = plan.after.iter().any(|s| s.action == Action::Adopt);
         if plan.leaves_done == 0 && (adopt || !plan.partitioned) {
             "MISSING"
-        } else if plan.after.iter().any(|s| s.action == Action::ValidateParent) {
+        } else if plan
+            .after
+            .iter()
+            .any(|s| s.action == Action::ValidateParent)
+        {
             "NOT VALID"
         } else {
             "INCOMPLETE"

@@ -290,7 +290,11 @@ impl Operation for ForeignKey {
         let adopt = plan.after.iter().any(|s| s.action == Action::Adopt);
         if plan.leaves_done == 0 && (adopt || plan.parent_not_valid) {
             "MISSING"
-        } else if plan.after.iter().any(|s| s.action == Action::ValidateParent) {
+        } else if plan
+            .after
+            .iter()
+            .any(|s| s.action == Action::ValidateParent)
+        {
             "NOT VALID"
         } else if !plan.partitioned {
             "MISSING"

@@ -97,7 +97,6 @@ impl Index {
     }
 }
 
-
 /// An index as the catalog holds it.
 #[derive(Clone, Debug)]
 pub struct IndexState {

@@ -107,6 +107,10 @@ pub struct Carry {
     pub may_use_temp: bool,
     /// Why no month of this table can be created by this run, if so.
     pub refusal: Option<String>,
+    /// Whether a move's rows are deleted and inserted as this run's role rather than as the
+    /// owner: when the owner is another role and this one bypasses row-level security (a
+    /// superuser, BYPASSRLS), so that no policy of DEFAULT or of the new month hides a row.
+    pub moves_as_session: bool,
 }
 
 /// The owner, and what it and this run's role may do. $1 the table.
@@ -123,8 +127,13 @@ const PRIVILEGES: &str = "WITH t AS (SELECT oid, relowner, relnamespace, reltabl
              AND NOT has_tablespace_privilege(t.relowner, s.oid, 'CREATE') ORDER BY 1), \
        ARRAY(SELECT DISTINCT k.confrelid::regclass::text FROM pg_constraint k WHERE k.conrelid = t.oid AND k.contype = 'f' \
              AND NOT has_table_privilege(t.relowner, k.confrelid, 'REFERENCES') ORDER BY 1), \
-       has_database_privilege(t.relowner, current_database(), 'TEMP') \
-     FROM t";
+       has_database_privilege(t.relowner, current_database(), 'TEMP'), \
+       me.rolsuper OR me.rolbypassrls, \
+       coalesce((SELECT d.relrowsecurity AND (d.relforcerowsecurity OR d.relowner <> me.oid) \
+                   AND NOT (me.rolsuper OR me.rolbypassrls) \
+                   FROM pg_partitioned_table pt JOIN pg_class d ON d.oid = pt.partdefid \
+                  WHERE pt.partrelid = t.oid), false) \
+     FROM t, (SELECT oid, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user) me";
 
 /// Table and column grants of the parent ($1) and the newest month ($2), but the owners' own.
 const GRANTS: &str = "SELECT DISTINCT a.attname::text, \
@@ -179,7 +188,12 @@ pub fn read(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
     let table = window.table.to_string();
     let mut carry = privileges(c, window)?;
     let newest = window.newest().map_or(table.clone(), Relation::to_string);
-    for r in query(c, GRANTS, &[&table, &newest], "reading the grants of the table and its newest month")? {
+    for r in query(
+        c,
+        GRANTS,
+        &[&table, &newest],
+        "reading the grants of the table and its newest month",
+    )? {
         carry.grants.push(Grant {
             column: r.get(0),
             grantee: r.get(1),
@@ -188,17 +202,22 @@ pub fn read(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
         });
     }
     rls(c, window, &mut carry)?;
-    carry.publications = query(c, PUBLICATIONS, &[&table], "reading the publications of the table")?
-        .into_iter()
-        .map(|r| Publication {
-            name: r.get(0),
-            via_root: r.get(1),
-            inserts: r.get(2),
-            deletes: r.get(3),
-            root: r.get(4),
-            partitions: r.get(5),
-        })
-        .collect();
+    carry.publications = query(
+        c,
+        PUBLICATIONS,
+        &[&table],
+        "reading the publications of the table",
+    )?
+    .into_iter()
+    .map(|r| Publication {
+        name: r.get(0),
+        via_root: r.get(1),
+        inserts: r.get(2),
+        deletes: r.get(3),
+        root: r.get(4),
+        partitions: r.get(5),
+    })
+    .collect();
     Ok(carry)
 }
 
@@ -208,7 +227,8 @@ fn privileges(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
     let r = c
         .query_one(PRIVILEGES, &[&window.table.to_string()])
         .map_err(|e| Error::db("reading the table's owner and privileges", e))?;
-    let (owner, me, is_me, space): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (owner, me, is_me, space): (String, String, bool, String) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
     let (may_become, creates): (bool, bool) = (r.get(4), r.get(5));
     let (spaces, refs): (Vec<String>, Vec<String>) = (r.get(6), r.get(7));
     let schema = window.table.schema.as_str();
@@ -218,6 +238,8 @@ fn privileges(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
         Some(format!("{owner}, the owner of {t}, may not create tables in schema {schema}, and its months are made as {owner}: GRANT CREATE ON SCHEMA {schema} TO {owner}"))
     } else if !spaces.is_empty() {
         Some(format!("{owner}, the owner of {t}, may not create tables in tablespace {}, where its months and their indexes go: GRANT CREATE ON TABLESPACE {} TO {owner}", spaces.join(", "), spaces.join(", ")))
+    } else if r.get::<_, bool>(10) {
+        Some(format!("row-level security on the DEFAULT partition of {t} hides rows from {me} (it is forced, or {me} is not its owner), so the rows to move out of it can be neither all counted nor all moved: run partitions as a superuser or a role with BYPASSRLS (that may SET ROLE {owner})"))
     } else if !refs.is_empty() {
         Some(format!("{owner}, the owner of {t}, lacks REFERENCES on {}, which attaching a month needs (it clones the keys): GRANT REFERENCES ON {} TO {owner}", refs.join(", "), refs.join(", ")))
     } else {
@@ -227,6 +249,7 @@ fn privileges(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
         run_as: (!is_me).then_some(owner),
         tablespace: (!space.is_empty()).then_some(space),
         may_use_temp: r.get(8),
+        moves_as_session: !is_me && r.get::<_, bool>(9),
         refusal,
         ..Carry::default()
     })
@@ -272,10 +295,15 @@ fn rls(c: &mut dyn Reader, window: &Window, carry: &mut Carry) -> Result<()> {
             check: r.get(5),
         })
         .collect();
-    carry.policy_tables = query(c, POLICY_TABLES, &[&from], "reading the tables policies read")?
-        .into_iter()
-        .map(|r| Relation::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect();
+    carry.policy_tables = query(
+        c,
+        POLICY_TABLES,
+        &[&from],
+        "reading the tables policies read",
+    )?
+    .into_iter()
+    .map(|r| Relation::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+    .collect();
     carry.rls_from = rel;
     Ok(())
 }
@@ -382,7 +410,11 @@ fn grant_sql(g: &Grant, part: &Relation) -> String {
             .as_deref()
             .map_or(String::new(), |c| format!(" ({})", quote_ident(c))),
         g.grantee,
-        if g.grantable { " WITH GRANT OPTION" } else { "" }
+        if g.grantable {
+            " WITH GRANT OPTION"
+        } else {
+            ""
+        }
     )
 }
 
@@ -407,11 +439,20 @@ fn carried(
         .transpose()
 }
 
-fn policy_sql(p: &Policy, part: &Relation, using: &Option<String>, check: &Option<String>) -> String {
+fn policy_sql(
+    p: &Policy,
+    part: &Relation,
+    using: &Option<String>,
+    check: &Option<String>,
+) -> String {
     format!(
         "CREATE POLICY {} ON {part} AS {} FOR {} TO {}{}{}",
         quote_ident(&p.name),
-        if p.permissive { "PERMISSIVE" } else { "RESTRICTIVE" },
+        if p.permissive {
+            "PERMISSIVE"
+        } else {
+            "RESTRICTIVE"
+        },
         p.command,
         p.roles.join(", "),
         using
@@ -475,7 +516,11 @@ mod tests {
             // A column of another table named like the partition: refused, to be safe.
             "(x.messages_2026_11 = 1)",
         ] {
-            assert_eq!(requalify(self_ref, "messages_2026_11", "m"), None, "{self_ref}");
+            assert_eq!(
+                requalify(self_ref, "messages_2026_11", "m"),
+                None,
+                "{self_ref}"
+            );
         }
         assert_eq!(
             requalify("(\"Odd Name\".t = 1)", "Odd Name", "new one").as_deref(),

@@ -44,7 +44,10 @@ const FOUND: &str = "SELECT c.relkind::text, \
 fn found(c: &mut dyn Reader, part: &Relation) -> Result<Option<Found>> {
     let err = |e| Error::db(format!("inspecting {}", part.plain()), e);
     let Some(r) = c
-        .query_opt(FOUND, &[&part.schema.as_str(), &part.name.as_str(), &BOUND_CHECK])
+        .query_opt(
+            FOUND,
+            &[&part.schema.as_str(), &part.name.as_str(), &BOUND_CHECK],
+        )
         .map_err(err)?
     else {
         return Ok(None);
@@ -123,7 +126,10 @@ pub(super) fn drop_if_standalone(m: &Month<'_>) -> Step {
 /// row-level security (the owner's own FORCE is lifted inside the transaction); refuses with a
 /// message when it holds rows or its rows cannot be seen.
 fn drop_if_empty(part: &Relation, table: &Relation) -> String {
-    let (lit, plain) = (quote_literal(&part.to_string()), quote_literal(&part.plain()));
+    let (lit, plain) = (
+        quote_literal(&part.to_string()),
+        quote_literal(&part.plain()),
+    );
     format!(
         "DO $mcm$ BEGIN \
            IF to_regclass({lit}) IS NULL OR (SELECT relispartition FROM pg_class WHERE oid = to_regclass({lit})) THEN RETURN; END IF; \
@@ -163,7 +169,12 @@ impl std::fmt::Display for HelperCheck {
         if self.on_partition {
             write!(f, "{} on {}", self.name, self.on.plain())
         } else {
-            write!(f, "{} on the standalone table {}", self.name, self.on.plain())
+            write!(
+                f,
+                "{} on the standalone table {}",
+                self.name,
+                self.on.plain()
+            )
         }
     }
 }
@@ -216,7 +227,10 @@ pub(crate) fn leftovers(
                 ))],
                 String::new(),
             )
-            .claiming(vec![LockClaim::new(&h.on, LockMode::AccessExclusive)], "brief")
+            .claiming(
+                vec![LockClaim::new(&h.on, LockMode::AccessExclusive)],
+                "brief",
+            )
         })
         .collect())
 }

@@ -127,7 +127,11 @@ impl Table<'_> {
     /// `LOCK TABLE` of the keyed tables in the mode the ATTACH takes, first in its transaction.
     fn lock_keyed(&self) -> Option<Statement> {
         (!self.keyed.is_empty()).then(|| {
-            let list = self.keyed.iter().map(Relation::to_string).collect::<Vec<_>>();
+            let list = self
+                .keyed
+                .iter()
+                .map(Relation::to_string)
+                .collect::<Vec<_>>();
             Statement::new(format!(
                 "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
                 list.join(", ")
@@ -312,7 +316,13 @@ impl Month<'_> {
                 self.range()
             )),
         ];
-        statements.extend(self.t.carry.statements(part)?.into_iter().map(Statement::new));
+        statements.extend(
+            self.t
+                .carry
+                .statements(part)?
+                .into_iter()
+                .map(Statement::new),
+        );
         let mut claims = vec![
             LockClaim::new(table, LockMode::AccessShare),
             LockClaim::new(part, LockMode::AccessExclusive),

@@ -45,8 +45,7 @@ const HAZARDS: &str = "SELECT format('trigger %s on %s', t.tgname, t.tgrelid::re
      ORDER BY 1";
 
 pub(super) fn hazards(c: &mut dyn Reader, d: &Relation, table: &Relation) -> Result<Vec<String>> {
-    Ok(c
-        .query(HAZARDS, &[&d.to_string(), &table.to_string()])
+    Ok(c.query(HAZARDS, &[&d.to_string(), &table.to_string()])
         .map_err(|e| Error::db("reading what a move out of DEFAULT would fire", e))?
         .into_iter()
         .map(|r| r.get(0))
@@ -72,8 +71,17 @@ pub(super) fn referencing_tables(c: &mut dyn Reader, table: &Relation) -> Result
 /// Why moving `rows` out of DEFAULT is refused, if it is.
 pub(super) fn refusal(m: &Month<'_>, d: &Relation, rows: i64) -> Option<String> {
     let carry = &m.t.carry;
-    let mut why: Vec<String> = m.t.hazards.iter().map(|h| format!("would fire {h}")).collect();
-    why.extend(carry.publications.iter().filter_map(Publication::move_hazard));
+    let mut why: Vec<String> =
+        m.t.hazards
+            .iter()
+            .map(|h| format!("would fire {h}"))
+            .collect();
+    why.extend(
+        carry
+            .publications
+            .iter()
+            .filter_map(Publication::move_hazard),
+    );
     if carry.publishes_moves() && !carry.may_use_temp {
         why.push(format!(
             "needs a temporary table (a publication carries the table through its root), which {} may not create: GRANT TEMPORARY ON DATABASE to it",
@@ -99,7 +107,10 @@ pub(super) fn steps(
 ) -> (&'static str, Vec<Step>) {
     let published = rows > 0 && m.t.carry.publishes_moves();
     steps.push(move_and_attach(m, d, rows, published));
-    (if published { "move-published" } else { "move" }, Vec::new())
+    (
+        if published { "move-published" } else { "move" },
+        Vec::new(),
+    )
 }
 
 fn move_and_attach(m: &Month<'_>, d: &Relation, rows: i64, published: bool) -> Step {
@@ -132,26 +143,37 @@ fn move_and_attach(m: &Month<'_>, d: &Relation, rows: i64, published: bool) -> S
 /// ACCESS EXCLUSIVE first (see the module docs).
 fn statements(m: &Month<'_>, d: &Relation, exclusive: bool, published: bool) -> Vec<Statement> {
     let (table, part) = (&m.t.window.table, &m.partition);
-    let cols = m
-        .t
-        .columns
-        .iter()
-        .map(|c| Ident::new(c.as_str()).to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols =
+        m.t.columns
+            .iter()
+            .map(|c| Ident::new(c.as_str()).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
     let mut out = Vec::new();
     if exclusive {
         out.extend(m.t.lock_keyed());
-        out.push(Statement::short(format!("LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE")));
-        out.push(Statement::short(format!("LOCK TABLE {d} IN ACCESS EXCLUSIVE MODE")));
+        out.push(Statement::short(format!(
+            "LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE"
+        )));
+        out.push(Statement::short(format!(
+            "LOCK TABLE {d} IN ACCESS EXCLUSIVE MODE"
+        )));
     } else {
-        out.push(Statement::new(format!("LOCK TABLE ONLY {table} IN SHARE MODE")));
+        out.push(Statement::new(format!(
+            "LOCK TABLE ONLY {table} IN SHARE MODE"
+        )));
         out.push(Statement::short(format!("LOCK TABLE {d} IN SHARE MODE")));
     }
     let delete = format!(
         "WITH moved AS (DELETE FROM ONLY {d} WHERE {} RETURNING {cols})",
         m.range()
     );
+    // The rows move past row-level security, or the move fails: as this run's role when it
+    // bypasses it and the owner is another role, and with row_security off, so that a policy
+    // that would hide a row makes the statement fail (42501) instead of leaving the row behind.
+    let (to_session, to_owner) = roles_for_rows(m);
+    out.extend(to_session.clone());
+    out.push(Statement::new("SET LOCAL row_security = off"));
     if published {
         out.push(Statement::new(format!(
             "CREATE TEMPORARY TABLE {MOVED} ON COMMIT DROP AS SELECT {cols} FROM ONLY {d} WITH NO DATA"
@@ -164,17 +186,41 @@ fn statements(m: &Month<'_>, d: &Relation, exclusive: bool, published: bool) -> 
             "{delete} INSERT INTO {part} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved"
         )));
     }
+    out.push(Statement::new("SET LOCAL row_security = on"));
+    out.extend(to_owner.clone());
     if !exclusive {
         out.extend(m.t.lock_keyed().map(|s| Statement::short(s.sql)));
-        out.push(Statement::short(format!("LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE")));
+        out.push(Statement::short(format!(
+            "LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE"
+        )));
     }
     out.push(Statement::short(m.attach_sql()));
     if published {
+        out.extend(to_session);
+        out.push(Statement::new("SET LOCAL row_security = off"));
         out.push(Statement::new(format!(
             "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {MOVED}"
         )));
+        out.push(Statement::new("SET LOCAL row_security = on"));
+        out.extend(to_owner);
     }
     out
+}
+
+/// The statements that make the rows' statements run as this run's role and back as the owner,
+/// when [`super::Carry::moves_as_session`] says so; none otherwise.
+fn roles_for_rows(m: &Month<'_>) -> (Option<Statement>, Option<Statement>) {
+    let carry = &m.t.carry;
+    match (&carry.run_as, carry.moves_as_session) {
+        (Some(owner), true) => (
+            Some(Statement::new("SET LOCAL ROLE NONE")),
+            Some(Statement::new(format!(
+                "SET LOCAL ROLE {}",
+                Ident::new(owner.as_str())
+            ))),
+        ),
+        _ => (None, None),
+    }
 }
 
 /// The temporary table a published move keeps its rows in until they are inserted through the

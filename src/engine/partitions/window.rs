@@ -318,13 +318,12 @@ fn rows_by_month(
 }
 
 fn relation_size(c: &mut dyn Reader, rel: &Relation) -> Result<i64> {
-    Ok(c
-        .query_one(
-            "SELECT pg_relation_size($1::text::regclass)",
-            &[&rel.to_string()],
-        )
-        .map_err(|e| Error::db(format!("reading the size of {}", rel.plain()), e))?
-        .get(0))
+    Ok(c.query_one(
+        "SELECT pg_relation_size($1::text::regclass)",
+        &[&rel.to_string()],
+    )
+    .map_err(|e| Error::db(format!("reading the size of {}", rel.plain()), e))?
+    .get(0))
 }
 
 /// `YYYY-MM` as a number of months.
