@@ -33,6 +33,7 @@ pub(crate) fn nothing_to_do(settings: &Settings, conn: &mut Conn) -> Result<bool
     }
     let started = Instant::now();
     let sql = query(settings)?;
+    log::trace!("boot check: {sql}");
     let answer = match conn.simple_query(&sql) {
         Ok(rows) => first_row(&rows).and_then(|r| r.get(0)) == Some("t"),
         Err(e) => {
@@ -91,35 +92,45 @@ fn history_matches(schema: &str) -> String {
     )
 }
 
-/// Each monthly table's partitions (level 1, not DEFAULT) are contiguous and the last reaches
-/// past the middle of the month `premake` months after the current one (UTC); no constraint of
-/// the runner (`mcm_...`) is left on any of them.
+/// Each monthly table has the months from the current one (UTC) through `premake` months after
+/// it as partitions named as the runner names them (`messages_2027_01`), contiguous, the last
+/// reaching past the middle of its month; no constraint of the runner (`mcm_...`) is left on any
+/// partition. Only those months' bounds are read (deparsing every partition's bound grew with
+/// the partitions); a month made by hand under another name sends the run down the full path,
+/// which reads them all.
 fn window_ahead(schema: &str, premake: u32) -> String {
     let tables: Vec<String> = MONTHLY
         .iter()
         .map(|t| {
             format!(
-                "({})",
-                quote_literal(&Relation::new(schema, *t).to_string())
+                "({}, {})",
+                quote_literal(&Relation::new(schema, *t).to_string()),
+                quote_literal(t)
             )
         })
         .collect();
+    let schema = quote_literal(schema);
     format!(
-        "(WITH t(name) AS (VALUES {tables}), \
-              parts AS (SELECT t.name, c.oid, (regexp_match(pg_get_expr(c.relpartbound, c.oid), \
+        "(WITH t(name, bare) AS (VALUES {tables}), \
+              m(month) AS (SELECT generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'), \
+                               date_trunc('month', now() AT TIME ZONE 'UTC') + interval '{premake} months', interval '1 month')), \
+              want AS (SELECT t.name, to_regclass(format('%I.%I', {schema}::text, t.bare || to_char(m.month, '_YYYY_MM'))) AS part \
+                         FROM t, m), \
+              parts AS (SELECT w.name, (regexp_match(pg_get_expr(c.relpartbound, c.oid), \
                                 $re$FROM \\('([^']+)'\\) TO \\('([^']+)'\\)$re$)) AS b \
-                          FROM t JOIN pg_inherits i ON i.inhparent = to_regclass(t.name) \
-                          JOIN pg_class c ON c.oid = i.inhrelid), \
+                          FROM want w JOIN pg_inherits i ON i.inhrelid = w.part AND i.inhparent = to_regclass(w.name) \
+                          JOIN pg_class c ON c.oid = w.part), \
               r AS (SELECT name, b[1]::timestamptz AS lo, b[2]::timestamptz AS hi FROM parts WHERE b IS NOT NULL), \
               o AS (SELECT name, lo, hi, lag(hi) OVER (PARTITION BY name ORDER BY lo) AS prev FROM r) \
          SELECT count(*) = {n} FROM (SELECT name FROM o GROUP BY name \
-           HAVING bool_and(prev IS NULL OR prev = lo) \
+           HAVING count(*) = {months} AND bool_and(prev IS NULL OR prev = lo) \
               AND max(hi) > date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
                             + interval '{premake} months' + interval '14 days') w) \
      AND NOT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_inherits i ON i.inhrelid = k.conrelid \
-                      WHERE i.inhparent IN (SELECT to_regclass(name) FROM (VALUES {tables}) AS t(name)) \
+                      WHERE i.inhparent IN (SELECT to_regclass(name) FROM (VALUES {tables}) AS t(name, bare)) \
                         AND k.conname LIKE 'mcm\\_%')",
         tables = tables.join(", "),
         n = MONTHLY.len(),
+        months = premake + 1,
     )
 }

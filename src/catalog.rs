@@ -3,7 +3,8 @@
 //! the server's version, and index builds in progress. Each operation kind reads its own objects
 //! in its file (`engine/ops/`), the monthly window reads its own in `engine/partitions/`, and a
 //! command reads what only it needs in its module (`schema.rs`, `history.rs`, `adopt.rs`,
-//! `verify.rs`, `check.rs`'s layout): what a fact means is decided where it is used. Relations are always schema-qualified
+//! `verify.rs`, `check.rs`'s layout, `boot.rs`'s one question, and `db/lock.rs`'s `pg_locks` and
+//! `pg_stat_activity` for the lock holders): what a fact means is decided where it is used. Relations are always schema-qualified
 //! ([`Relation`]); names are compared as the catalog stores them.
 
 use std::collections::BTreeSet;

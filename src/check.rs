@@ -1,6 +1,6 @@
 //! `check`: the spec's check_orphaned_data, for every declared rule and operation. Rows each
 //! pre-flight rule would refuse, the state of every operation the migration files declare (by
-//! the engine's own planning, so `check` and `migrate` never disagree), drift (a declared
+//! the engine's own planning, as `migrate` plans), drift (a declared
 //! object of an applied version that is missing, invalid or of another shape), and the
 //! partition layout and windows. Read-only.
 

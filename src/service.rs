@@ -4,8 +4,9 @@
 //! (`PGSYSCONFDIR/pg_service.conf`, else Debian's `/etc/postgresql-common/pg_service.conf`). The
 //! first file that has a `[name]` section gives its `key=value` lines, which fill the keywords the
 //! connection string does not give (the environment's variables come after). A named service that
-//! no file has, or a `PGSERVICEFILE` that does not exist, is an error, as in libpq: the user named
-//! something, and it must not silently become another server.
+//! no file has is an error, as in libpq; a `PGSERVICEFILE` that does not exist is one too, where
+//! libpq goes on to the system's file: stricter, because the user named a file, and a typo must
+//! not silently make the run use another server.
 //!
 //! Nothing read from the files is logged or shown: errors name the file and the line number.
 

@@ -149,6 +149,11 @@ fn both(a: &str, b: &str) -> Error {
 /// libpq's target variables as a key=value string (the rest is filled later), else the
 /// development default, with a warning that names it.
 fn from_libpq_env(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
+    // With PGSERVICE, the service file comes before the other variables, as in libpq: the
+    // string names the service alone, and `fill_with` reads the file, then the variables.
+    if let Some(service) = env("PGSERVICE") {
+        return (format!("service={}", quote_kv(&service)), Origin::Libpq);
+    }
     let parts: Vec<String> = LIBPQ_ENV
         .iter()
         .filter(|(var, _)| LIBPQ_TARGET.contains(var))

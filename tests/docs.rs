@@ -120,3 +120,30 @@ fn the_readme_is_a_front_door() {
         );
     }
 }
+
+/// No page is left with a placeholder for a figure or a sentence still to write.
+#[test]
+fn no_page_holds_a_placeholder() {
+    let mut pages = vec![PathBuf::from(ROOT).join("README.md")];
+    for e in std::fs::read_dir(PathBuf::from(ROOT).join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    let placeholder = |word: &str| {
+        let w = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '_');
+        ["TODO", "TBD", "FIXME", "XXX"].contains(&w)
+            || (w.ends_with("_FIGURES") || w.ends_with("_SUMMARY"))
+                && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    };
+    let found: Vec<String> = pages
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.split_whitespace()
+                .filter(|w| placeholder(w))
+                .map(|w| format!("{}: {w}", p.display()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(found.is_empty(), "{found:?}");
+    assert!(placeholder("BOOT_FIGURES") && placeholder("(TODO)") && !placeholder("DATABASE_URL"));
+}

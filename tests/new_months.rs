@@ -288,6 +288,67 @@ fn a_run_that_row_level_security_blinds_is_refused_before_anything_is_made() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
 }
 
+/// The tester's shape: tables owned by an application role, the newest month alone with forced
+/// row-level security and a policy for reads only. The month carries it over; the rows moved
+/// into it are written as a superuser's run (bypassing it), all of them; a run as the owner,
+/// whose writes the policy would refuse, is refused up front instead of failing every time.
+#[test]
+fn rows_moved_into_a_month_with_forced_rls_are_written_by_a_role_that_bypasses_it() {
+    let roles = Roles::new(&["owner"]);
+    let owner = roles.name("owner");
+    for as_owner in [false, true] {
+        let db = with_rows_in_default();
+        let mut c = db.client();
+        own_everything(&mut c, &owner);
+        c.batch_execute(
+            "ALTER TABLE messages_2026_12 ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE messages_2026_12 FORCE ROW LEVEL SECURITY;
+             CREATE POLICY tenant_read ON messages_2026_12 FOR SELECT USING (\"tenantId\" = current_setting('app.tenant', true));",
+        )
+        .unwrap();
+        let before = partition_names(&mut c, "messages");
+        let url = if as_owner {
+            with_user(&db.url, &owner)
+        } else {
+            db.url.clone()
+        };
+        let out = run_bin(&url, &["partitions", "--as-of", AS_OF]);
+        if as_owner {
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains("would be written into tables with FORCE ROW LEVEL SECURITY"),
+                "{}",
+                stderr(&out)
+            );
+            // The months to move into are not made; the empty ones after them are.
+            let after = partition_names(&mut c, "messages");
+            assert!(
+                !after.contains(&"messages_2027_01".to_string()),
+                "{after:?}"
+            );
+            assert!(
+                !after.contains(&"messages_2027_02".to_string()),
+                "{after:?}"
+            );
+            assert!(after.contains(&"messages_2027_03".to_string()), "{after:?}");
+            assert_eq!(after.len(), before.len() + 3);
+            assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 1507);
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_01"), 892);
+        assert_eq!(count(&mut c, "SELECT count(*) FROM messages_2027_02"), 608);
+        assert_eq!(count(&mut c, "SELECT count(*) FROM messages_default"), 7);
+        assert_eq!(
+            count(
+                &mut c,
+                "SELECT count(*) FROM pg_policy WHERE polrelid = 'messages_2027_01'::regclass"
+            ),
+            1
+        );
+    }
+}
+
 #[test]
 fn a_policy_that_cannot_be_carried_over_refuses_its_months_saying_why() {
     let db = latest_without_window();

@@ -389,6 +389,20 @@ fn service_files_are_read_as_libpq_reads_them() {
         1,
         &[NO_SUCH_DB],
     );
+    // The service file comes before the other PG* variables, as psql reads them: PGDATABASE
+    // and PGPORT fill only what the service lacks (here, nothing).
+    assert_ok(
+        "service over PGDATABASE and PGPORT",
+        &status(
+            &[],
+            &[
+                ("PGSERVICE", "chat"),
+                ("PGSERVICEFILE", file),
+                ("PGDATABASE", NO_SUCH_DB),
+                ("PGPORT", "1"),
+            ],
+        ),
+    );
     let sysconf = TempDir::new("sysconf");
     sysconf.file("pg_service.conf", &section, 0o644);
     assert_ok(

@@ -294,8 +294,22 @@ fn silence_the_path(n: u8, query: &str, patience: Duration) -> (Option<Duration>
     let (mut child, _holder) = waiting_runner(&db, &url, Some(&ns.name));
     let stderr_pipe = child.stderr.take().unwrap();
     let log = thread::spawn(move || std::io::read_to_string(stderr_pipe).unwrap_or_default());
-    let waiting = eventually(Duration::from_secs(15), || runner_backends(&db).len() >= 2);
-    assert!(waiting, "the runner never connected through the namespace");
+    // Waiting for the lock, on its one connection (the holder is the other backend named so):
+    // nothing else of the runner is being opened when the path goes silent.
+    // The runner polls the lock (pg_try_advisory_lock): two backends for a second and a half
+    // on end is its waiting state, past the pooler probe it opens and closes first.
+    let mut since: Option<Instant> = None;
+    let waiting = eventually(Duration::from_secs(15), || {
+        if runner_backends(&db).len() != 2 {
+            since = None;
+            return false;
+        }
+        since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1500)
+    });
+    assert!(
+        waiting,
+        "the runner never waited for the lock through the namespace"
+    );
     ns.go_silent();
     let silenced = Instant::now();
     let gave_up = loop {

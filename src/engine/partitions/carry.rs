@@ -111,6 +111,11 @@ pub struct Carry {
     /// owner: when the owner is another role and this one bypasses row-level security (a
     /// superuser, BYPASSRLS), so that no policy of DEFAULT or of the new month hides a row.
     pub moves_as_session: bool,
+    /// Whether the role a move's rows are written as bypasses row-level security.
+    pub rows_bypass_rls: bool,
+    /// Whether the partitioned table itself has forced row-level security (a published move
+    /// inserts its rows through it).
+    pub parent_forced: bool,
 }
 
 /// The owner, and what it and this run's role may do. $1 the table.
@@ -132,7 +137,9 @@ const PRIVILEGES: &str = "WITH t AS (SELECT oid, relowner, relnamespace, reltabl
        coalesce((SELECT d.relrowsecurity AND (d.relforcerowsecurity OR d.relowner <> me.oid) \
                    AND NOT (me.rolsuper OR me.rolbypassrls) \
                    FROM pg_partitioned_table pt JOIN pg_class d ON d.oid = pt.partdefid \
-                  WHERE pt.partrelid = t.oid), false) \
+                  WHERE pt.partrelid = t.oid), false), \
+       (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE oid = t.relowner), \
+       (SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = t.oid) \
      FROM t, (SELECT oid, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user) me";
 
 /// Table and column grants of the parent ($1) and the newest month ($2), but the owners' own.
@@ -250,6 +257,8 @@ fn privileges(c: &mut dyn Reader, window: &Window) -> Result<Carry> {
         tablespace: (!space.is_empty()).then_some(space),
         may_use_temp: r.get(8),
         moves_as_session: !is_me && r.get::<_, bool>(9),
+        rows_bypass_rls: r.get::<_, bool>(9) || r.get::<_, bool>(11),
+        parent_forced: r.get(12),
         refusal,
         ..Carry::default()
     })
@@ -363,6 +372,12 @@ impl Carry {
     /// would put it: `default_tablespace`).
     pub fn tablespace(&self) -> Option<&str> {
         self.tablespace.as_deref()
+    }
+
+    /// Whether the rows a move writes would meet row-level security that binds their writer:
+    /// the new month's (carried) forced RLS, or the parent's for a published move.
+    pub fn rls_binds_moved_rows(&self) -> bool {
+        !self.rows_bypass_rls && (self.rls.1 || self.publishes_moves() && self.parent_forced)
     }
 
     /// Whether a move's rows must be inserted through the parent to reach subscribers.

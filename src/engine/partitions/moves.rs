@@ -88,6 +88,12 @@ pub(super) fn refusal(m: &Month<'_>, d: &Relation, rows: i64) -> Option<String> 
             carry.run_as.as_deref().unwrap_or("this run's role")
         ));
     }
+    if carry.rls_binds_moved_rows() {
+        why.push(format!(
+            "the rows would be written into tables with FORCE ROW LEVEL SECURITY (the month carries it over), whose policies bind {}: run partitions as a superuser or a role with BYPASSRLS (that may SET ROLE to the owner)",
+            carry.run_as.as_deref().unwrap_or("this run's role")
+        ));
+    }
     (!why.is_empty()).then(|| {
         format!(
             "{rows} rows of {} are in {}, but moving them is refused: {}; move them by hand (or remove the cause), then run partitions again",
