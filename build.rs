@@ -37,7 +37,8 @@ fn main() {
     std::fs::write(dest, out).expect("write declarations.rs");
 }
 
-/// `0.1.0 (commit 0123456789ab)`, with `, dirty` when tracked files differ from that commit:
+/// `0.1.0 (commit 0123456789ab)`, with `, dirty` when the files it is built from differ from that
+/// commit:
 /// from `MCM_COMMIT` when set (an image build, which has no `.git`), else from git, else
 /// `commit unknown`. Reruns when the commit, the index or the sources change.
 fn version() -> String {
@@ -56,7 +57,12 @@ fn version() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+    // Only this crate's own repository: not the one of a project that vendors it.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let own = git(&["rev-parse", "--show-toplevel"])
+        .is_some_and(|t| std::fs::canonicalize(t).ok() == std::fs::canonicalize(&manifest).ok());
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|_| own);
+    let Some(commit) = commit else {
         return format!("{pkg} (commit unknown)");
     };
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
@@ -69,11 +75,15 @@ fn version() -> String {
             println!("cargo:rerun-if-changed={common}/packed-refs");
         }
     }
-    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
+    // Dirty: what the binary is built from differs from the commit (the files that rerun this
+    // script; an edit to the docs or the tests makes no other binary).
+    let built_from = ["src", "migrations", "Cargo.toml", "Cargo.lock", "build.rs"];
+    for path in built_from {
         println!("cargo:rerun-if-changed={path}");
     }
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    status.extend(built_from);
+    let dirty = git(&status).is_some_and(|s| !s.is_empty());
     format!(
         "{pkg} (commit {commit}{})",
         if dirty { ", dirty" } else { "" }

@@ -16,8 +16,9 @@
 #
 # Usage: scripts/image.sh [--no-cache]
 #   IMAGE_DATABASE_HOST (127.0.0.1), IMAGE_DATABASE_PORT (5432): the server, reached through the
-#   host's network; IMAGE_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres) creates the
-#   database and the role the image runs as (its password comes from a secret file).
+#   host's network; IMAGE_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres) prepares it
+#   (scripts/test-setup.sh: the role mcm_pw, which must log in with its password) and creates
+#   the database the image migrates. A run without the secret file must fail to log in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,14 @@ pm() { podman --runtime runc --cgroup-manager cgroupfs "$@"; }
 # files, is refused by this kernel's sandbox: "error setting rlimit").
 limits=(--ulimit nofile=16384:16384 --ulimit nproc=32768:32768)
 say() { printf 'image.sh: %s\n' "$*" >&2; }
+# Prints how long the command given took.
+timed() {
+  local t0 t1
+  t0=$(date +%s)
+  "$@"
+  t1=$(date +%s)
+  say "$1: $((t1 - t0)) s"
+}
 
 need=""
 for pair in podman:podman runc:runc debootstrap:debootstrap; do
@@ -97,9 +106,9 @@ runtime_stand_in() {
 
 build_args=()
 if [ "${RUST_IMAGE-unset}" = unset ] || [ "${RUNTIME_IMAGE-unset}" = unset ]; then
-  debian_base
-  [ "${RUST_IMAGE-unset}" = unset ] && { rust_stand_in; RUST_IMAGE=localhost/mcm-rust:bookworm; }
-  [ "${RUNTIME_IMAGE-unset}" = unset ] && { runtime_stand_in; RUNTIME_IMAGE=localhost/mcm-distroless:bookworm; }
+  timed debian_base
+  [ "${RUST_IMAGE-unset}" = unset ] && { timed rust_stand_in; RUST_IMAGE=localhost/mcm-rust:bookworm; }
+  [ "${RUNTIME_IMAGE-unset}" = unset ] && { timed runtime_stand_in; RUNTIME_IMAGE=localhost/mcm-distroless:bookworm; }
 fi
 [ -n "${RUST_IMAGE:-}" ] && build_args+=(--build-arg "RUST_IMAGE=$RUST_IMAGE")
 [ -n "${RUNTIME_IMAGE:-}" ] && build_args+=(--build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE")
@@ -118,8 +127,10 @@ printf 'image %s: %s MB, user %s, built in %s s\n' "$image" "$(awk -v s="$size" 
 
 # A database of its own and a role that logs in with a password (scram over TCP, as
 # scripts/test-setup.sh configures mcm_pw); the password reaches the container as a file.
+scripts/test-setup.sh "$admin" >/dev/null
 db="mcm_image_$$"
-password="Pw-7f3a9c-never-printed"
+password=$(sed -n "s/.*ALTER ROLE mcm_pw PASSWORD '\([^']*\)'.*/\1/p" scripts/test-setup.sh)
+[ -n "$password" ] || { say "no password for mcm_pw in scripts/test-setup.sh"; exit 1; }
 psql -X -q -v ON_ERROR_STOP=1 "$admin" -c "CREATE DATABASE $db OWNER mcm_pw" >/dev/null
 cleanup_db() { psql -X -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup_db EXIT
@@ -127,13 +138,23 @@ mkdir -p "$work/secrets"
 printf '%s\n' "$password" >"$work/secrets/postgres_password"
 chmod 0444 "$work/secrets/postgres_password"
 
-run() {
-  pm run "${limits[@]}" --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
+# As Kubernetes' restricted profile runs it: uid 65532, read-only root, no capability.
+run_with() {
+  local secret=$1; shift
+  pm run "${limits[@]}" --rm --network host --user 65532:65532 --read-only --cap-drop ALL \
+    --security-opt no-new-privileges \
     -v "$work/secrets/postgres_password:/run/secrets/postgres_password:ro" \
     -e "DATABASE_URL=postgres://mcm_pw@$host:$port/$db?sslmode=disable" \
-    -e PGPASSWORD_FILE=/run/secrets/postgres_password \
+    ${secret:+-e PGPASSWORD_FILE=/run/secrets/postgres_password} \
     "$image" "$@"
 }
+run() { run_with secret "$@"; }
+# The negative: without the secret file the role cannot log in, so the runs below log in with it.
+if run_with "" --wait 0 status >"$work/out" 2>&1; then
+  cat "$work/out" >&2
+  say "the image logged in without the password: the server does not ask mcm_pw for it"
+  exit 1
+fi
 for command in migrate verify migrate --version; do
   say "running: $command"
   if ! run "$command" >"$work/out" 2>&1; then
@@ -141,7 +162,7 @@ for command in migrate verify migrate --version; do
     say "the image's $command failed"
     exit 1
   fi
-  if grep -q -- "$password" "$work/out"; then
+  if grep -q -e "$password" -e "${password:3:6}" -e "${password: -8}" "$work/out"; then
     say "the password was printed"
     exit 1
   fi
@@ -149,3 +170,5 @@ for command in migrate verify migrate --version; do
 done
 grep -q "commit ${commit%%,*}" "$work/out" || { say "--version does not name commit $commit"; exit 1; }
 echo "image.sh: built and ran $image: migrate, verify, migrate (nothing to do) as uid 65532"
+# The build stages stay in podman's storage: they are the cache of the next build (the
+# dependencies' layer above all); `podman image prune` frees them, and the next build is cold.

@@ -10,6 +10,10 @@ while [ $# -gt 0 ]; do
   majors+=("$1"); shift
 done
 cd "$(dirname "$0")/.."
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "pg-matrix.sh: installing cargo-nextest (from crates.io)" >&2
+  cargo install --locked --quiet cargo-nextest
+fi
 cache=${MCM_PG_CACHE:-/var/tmp/mcm-pg}
 mkdir -p "$cache"
 

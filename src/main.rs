@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     init_logging(log_format);
     let json = cli.json();
     let interrupt = Interrupt::new();
-    on_signals(interrupt.clone());
+    on_signals(interrupt.clone(), log_format);
     let outcome = cli::run(cli, interrupt.clone());
     // Whatever statement failed first, a signalled run says it was stopped.
     let outcome = match (outcome, interrupt.reason()) {
@@ -63,19 +63,54 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             // Never a panic: a closed stderr loses the line, not the exit code.
-            let _ = match log_format {
-                LogFormat::Text => writeln!(std::io::stderr(), "error: {err}"),
-                LogFormat::Json => {
-                    log::error!("error: {err}");
-                    Ok(())
-                }
-            };
+            final_line(log_format, &format!("error: {err}"));
             if json && err.report_not_printed() {
                 cli::print_error_json(&err);
             }
             ExitCode::from(err.exit_code() as u8)
         }
     }
+}
+
+/// The one line that ends a failed run, whatever `RUST_LOG` filters: text, or (`--log-format
+/// json`) the same object as every log line, at level ERROR. Never a panic on a closed stderr.
+fn final_line(format: LogFormat, message: &str) {
+    let line = match format {
+        LogFormat::Text => message.to_string(),
+        LogFormat::Json => serde_json::json!({
+            "time": utc_now(),
+            "level": "ERROR",
+            "message": message,
+            "fields": { "target": "meta_chat_migrate" },
+        })
+        .to_string(),
+    };
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Now, UTC, as the log lines write it: `2026-12-02T10:00:47.734Z`.
+fn utc_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, millis) = (now.as_secs() as i64, now.subsec_millis());
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// A command line clap refuses: its text on stderr (or stdout for --help and --version), exit
@@ -107,7 +142,7 @@ const EXIT_WITHIN: Duration = Duration::from_millis(1500);
 
 /// SIGTERM (Kubernetes, `docker stop`) and SIGINT stop the run: its statements are cancelled on
 /// the server, the migration lock is released, and the process exits 130 or 143.
-fn on_signals(interrupt: Interrupt) {
+fn on_signals(interrupt: Interrupt, format: LogFormat) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
         log::warn!("could not install the SIGTERM and SIGINT handlers");
@@ -127,7 +162,7 @@ fn on_signals(interrupt: Interrupt) {
             interrupt.trigger(Reason::Signal { name, number });
             std::thread::spawn(move || {
                 std::thread::sleep(EXIT_WITHIN);
-                let _ = writeln!(std::io::stderr(), "error: interrupted by {name}: exiting before the run finished stopping; the server ends its statements when the connections close");
+                final_line(format, &format!("error: interrupted by {name}: exiting before the run finished stopping; the server ends its statements when the connections close"));
                 std::process::exit(exit::SIGNAL_BASE + number);
             });
         }

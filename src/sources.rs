@@ -118,7 +118,7 @@ pub(crate) fn resolve_with(
         (Some(_), Some(_)) => return Err(both("--database-url", "--database-url-file")),
         (Some(url), None) => (url, Origin::Flag),
         (None, Some(path)) => (
-            read_secret(path, "--database-url-file")?,
+            read_secret(path, "--database-url-file")?.trim().to_string(),
             Origin::FlagFile(path.into()),
         ),
         (None, None) => match (env("DATABASE_URL"), env("DATABASE_URL_FILE")) {
@@ -127,7 +127,7 @@ pub(crate) fn resolve_with(
             (None, Some(path)) => {
                 let path = PathBuf::from(path);
                 (
-                    read_secret(&path, "DATABASE_URL_FILE")?,
+                    read_secret(&path, "DATABASE_URL_FILE")?.trim().to_string(),
                     Origin::EnvFile(path),
                 )
             }

@@ -25,10 +25,23 @@ fn version_names_the_commit_and_whether_the_tree_was_dirty() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let pkg = env!("CARGO_PKG_VERSION");
     match head {
-        Some(commit) => assert!(
-            text.starts_with(&format!("meta-chat-migrate {pkg} (commit {commit}")),
-            "{text}"
-        ),
+        Some(commit) => {
+            assert!(
+                text.starts_with(&format!("meta-chat-migrate {pkg} (commit {commit}")),
+                "{text}"
+            );
+            // `, dirty` exactly when what the binary is built from differs from the commit.
+            let changed = Command::new("git")
+                .args(["status", "--porcelain", "--untracked-files=no", "--"])
+                .args(["src", "migrations", "Cargo.toml", "Cargo.lock", "build.rs"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                text.contains(", dirty)"),
+                !changed.stdout.is_empty(),
+                "{text}"
+            );
+        }
         None => assert!(text.contains("(commit "), "{text}"),
     }
 }
@@ -109,6 +122,16 @@ fn log_format_json_writes_one_object_per_line_errors_included() {
                 .contains("schema nope: it does not exist"));
         }
     }
+    // From the environment too, and the final error even when RUST_LOG silences every log line.
+    let out = runner_bin()
+        .args(["--database-url", &db.url, "--schema", "nope", "status"])
+        .env("MCM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line: serde_json::Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(line["level"], "ERROR", "{line}");
     // The negative: text lines are not JSON.
     let out = db.run(&["status"]);
     assert!(stderr(&out)

@@ -48,30 +48,77 @@ fn imports(me: &str, text: &str, modules: &BTreeSet<String>) -> BTreeSet<String>
             if prefix == "super::" && code[..i].ends_with("::") {
                 continue;
             }
-            let path: String = code[i + prefix.len()..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                .collect();
-            let mut cur = base.clone();
-            let mut found = None;
-            for seg in path.split("::").filter(|s| !s.is_empty()) {
-                let next = if cur.is_empty() {
-                    seg.to_string()
-                } else {
-                    format!("{cur}::{seg}")
-                };
-                if !modules.contains(&next) {
-                    break;
+            for path in paths_at(&code[i + prefix.len()..]) {
+                let mut cur = base.clone();
+                let mut found = None;
+                for seg in path.split("::").filter(|s| !s.is_empty()) {
+                    let next = if cur.is_empty() {
+                        seg.to_string()
+                    } else {
+                        format!("{cur}::{seg}")
+                    };
+                    if !modules.contains(&next) {
+                        break;
+                    }
+                    found = Some(next.clone());
+                    cur = next;
                 }
-                found = Some(next.clone());
-                cur = next;
-            }
-            if let Some(m) = found {
-                out.insert(m);
+                if let Some(m) = found {
+                    out.insert(m);
+                }
             }
         }
     }
     out
+}
+
+/// The paths a `crate::`/`super::` reference names: `a::b::C`, or each item of a braced group
+/// (`{a::X, b::{Y, Z}}` gives `a::X`, `b::Y`, `b::Z`).
+fn paths_at(text: &str) -> Vec<String> {
+    let head: String = text
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+        .collect();
+    let rest = &text[head.len()..];
+    if !rest.starts_with('{') {
+        return vec![head];
+    }
+    let mut depth = 0;
+    let mut end = rest.len();
+    for (i, c) in rest.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = i;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let inner = &rest[1..end];
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .flat_map(|item| paths_at(item).into_iter().map(|p| format!("{head}{p}")))
+        .collect()
 }
 
 #[test]
@@ -117,6 +164,7 @@ fn no_module_imports_one_that_imports_it_back() {
     let pair: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
     assert!(imports("a", "use crate::b::X;", &pair).contains("b"));
     assert!(imports("b", "use super::a::Y;", &pair).contains("a"));
+    assert!(imports("b", "use crate::{a::{X, Y}, c};", &pair).contains("a"));
 }
 
 /// The functions of `text` (by `fn` at the start of a line and the brace that closes it) longer
@@ -126,15 +174,20 @@ fn long_functions(text: &str, limit: usize) -> Vec<String> {
     let mut out = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let t = l.trim_start();
-        let starts = [
-            "fn ",
-            "pub fn ",
-            "pub(crate) fn ",
-            "pub(super) fn ",
-            "async fn ",
-        ]
-        .iter()
-        .any(|p| t.starts_with(p));
+        // `fn`, after any of: a visibility, async, const, unsafe.
+        let before_fn = t.split("fn ").next().unwrap_or("");
+        let starts = t.contains("fn ")
+            && before_fn.split_whitespace().all(|w| {
+                [
+                    "pub",
+                    "pub(crate)",
+                    "pub(super)",
+                    "async",
+                    "const",
+                    "unsafe",
+                ]
+                .contains(&w)
+            });
         if !starts || t.ends_with(';') {
             continue;
         }
@@ -174,4 +227,6 @@ fn no_function_is_much_longer_than_sixty_lines() {
     assert!(long.is_empty(), "{}", long.join("\n"));
     let sample = format!("fn f() {{\n{}}}\n", "    x();\n".repeat(70));
     assert_eq!(long_functions(&sample, 66), ["f (72 lines)"]);
+    let sample = format!("pub async fn g() {{\n{}}}\n", "    x();\n".repeat(70));
+    assert_eq!(long_functions(&sample, 66), ["g (72 lines)"]);
 }
