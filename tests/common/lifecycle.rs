@@ -121,18 +121,19 @@ fn refused_before_anything_changes(db: &TestDb, case: &Case) {
 }
 
 /// A run stopped after its first partition's first step (the state a kill leaves) is finished
-/// by the next from the catalog.
+/// by the next from the catalog. The steps before the partitions' (on PostgreSQL 18 a key goes
+/// on the parent NOT VALID first) run before it, as a run runs them.
 fn resumed_from_the_catalog(db: &TestDb, case: &Case) {
     let mut c = db.client();
     c.batch_execute(case.remove).unwrap();
-    let first = {
+    let (before, first) = {
         let mut plans =
             meta_chat_migrations::engine::plan_declaration(&mut c, "public", case.declaration)
                 .unwrap();
         let plan = plans.remove(0);
-        plan.items[0].steps[0].clone()
+        (plan.before.clone(), plan.items[0].steps[0].clone())
     };
-    for st in &first.statements {
+    for st in before.iter().chain([&first]).flat_map(|s| &s.statements) {
         c.batch_execute(&st.sql).unwrap();
     }
     let s = status(db, case);
