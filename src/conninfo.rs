@@ -309,7 +309,11 @@ fn parse_query(query: &str, params: &mut ConnParams) -> Result<()> {
             ))
         })?;
         let key = decode(key, "name of a query parameter")?;
-        if after_password && !KEYWORDS.contains(&key.as_str()) && !PRISMA_OPTIONS.contains(&key.as_str()) && key != "ssl" {
+        if after_password
+            && !KEYWORDS.contains(&key.as_str())
+            && !PRISMA_OPTIONS.contains(&key.as_str())
+            && key != "ssl"
+        {
             return Err(invalid(format!(
                 "unknown connection parameter {}",
                 named(&key)

@@ -328,13 +328,8 @@ enum Identified {
 /// The backend's pid and the server's version; refused when the server sent no row, or the
 /// connection took one of the slots kept for superusers (a superuser run gives it back, and
 /// fails at once as on any connection limit).
-fn identify(
-    client: &mut Client,
-    target: &DbTarget,
-) -> std::result::Result<(i32, i32), Identified> {
-    let rows = client
-        .simple_query(IDENTIFY)
-        .map_err(Identified::Driver)?;
+fn identify(client: &mut Client, target: &DbTarget) -> std::result::Result<(i32, i32), Identified> {
+    let rows = client.simple_query(IDENTIFY).map_err(Identified::Driver)?;
     let row = first_row(&rows);
     let (pid, server_version) = row
         .and_then(|r| Some((r.get(0)?.parse().ok()?, r.get(1)?.parse().ok()?)))

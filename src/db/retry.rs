@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use super::pause::{backoff, jitter};
 use super::lock::{guard_params, BlockerWatch, Guarded};
+use super::pause::{backoff, jitter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
@@ -155,7 +155,13 @@ struct Tally {
 
 impl Tally {
     /// Records an attempt that gave way; its reason.
-    fn record(&mut self, err: &Error, seen: Vec<i32>, deadlock: bool, lock_timeout: Duration) -> String {
+    fn record(
+        &mut self,
+        err: &Error,
+        seen: Vec<i32>,
+        deadlock: bool,
+        lock_timeout: Duration,
+    ) -> String {
         for pid in seen {
             if !self.blockers.contains(&pid) {
                 self.blockers.push(pid);
