@@ -80,7 +80,7 @@ pub enum Error {
     },
 
     /// A statement or query failed.
-    #[error("{context}: {cause}")]
+    #[error("{context}: {cause}{}", db_advice(.sqlstate.as_deref()))]
     Database {
         /// What the runner was doing, e.g. `reading the migration history`.
         context: String,
@@ -335,6 +335,15 @@ pub enum Error {
         /// Why it did not return, as the runtime reports it.
         cause: String,
     },
+}
+
+/// What to do about a failed statement, where the SQLSTATE says: a lock not had within
+/// `lock_timeout` outside the retried steps (a pre-flight count, a dry run's read).
+fn db_advice(sqlstate: Option<&str>) -> &'static str {
+    match sqlstate {
+        Some("55P03") => "; another session holds a lock this statement needs (pg_blocking_pids names it): retry when it ends, or raise --lock-timeout",
+        _ => "",
+    }
 }
 
 /// ` after waiting 60s`, or nothing for an error that was not waited on.

@@ -316,3 +316,26 @@ fn a_url_file_of_two_lines_is_refused_and_a_byte_order_mark_ignored() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("pending"), "{}", stdout(&out));
 }
+
+/// A read the run cannot do because an application transaction holds a lock on the table (here
+/// the pre-flight's count behind an ACCESS EXCLUSIVE on tenants) fails naming SQLSTATE 55P03 and
+/// saying what to do.
+#[test]
+fn a_read_behind_an_applications_lock_says_what_to_do() {
+    let db = TestDb::at(20240520120000);
+    let mut holder = db.client();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let out = db.run(&["migrate", "--dry-run", "--lock-timeout", "100ms"]);
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("55P03")
+            && line.contains("another session holds a lock this statement needs"),
+        "{line}"
+    );
+    // The negative: once the lock is gone, the same dry run plans.
+    assert_eq!(db.run(&["migrate", "--dry-run"]).status.code(), Some(0));
+}
