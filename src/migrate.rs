@@ -69,14 +69,13 @@ pub struct MigrateReport {
 }
 
 impl MigrateReport {
-    /// The report of a run whose boot check found nothing to do.
-    fn up_to_date(settings: &Settings, database: DbTarget) -> MigrateReport {
-        let latest = Some(embedded::latest());
+    /// The report of a run that starts at version `at` and has done nothing yet.
+    fn starting_at(settings: &Settings, database: DbTarget, at: Option<i64>) -> MigrateReport {
         MigrateReport {
             database,
             schema: settings.schema.clone(),
-            from: latest,
-            to: latest,
+            from: at,
+            to: at,
             baseline: None,
             applied: Vec::new(),
             orphans_resolved: Vec::new(),
@@ -85,7 +84,15 @@ impl MigrateReport {
             drift_error: None,
             partitions: None,
             partitions_error: None,
+            up_to_date: false,
+        }
+    }
+
+    /// The report of a run whose boot check found nothing to do.
+    fn up_to_date(settings: &Settings, database: DbTarget) -> MigrateReport {
+        MigrateReport {
             up_to_date: true,
+            ..MigrateReport::starting_at(settings, database, Some(embedded::latest()))
         }
     }
 
@@ -391,19 +398,8 @@ fn migrate_locked(
     status.ensure_consistent()?;
     let (baseline, pending) = pending(settings, main.client(), &status)?;
     let report = done.insert(MigrateReport {
-        database,
-        schema: settings.schema.clone(),
-        from: status.current(),
-        to: status.current(),
         baseline,
-        applied: Vec::new(),
-        orphans_resolved: Vec::new(),
-        online: Vec::new(),
-        restored: Vec::new(),
-        drift_error: None,
-        partitions: None,
-        partitions_error: None,
-        up_to_date: false,
+        ..MigrateReport::starting_at(settings, database, status.current())
     });
     restore_drift(settings, main, lock, &status, report)?;
     apply_pending(settings, main, lock, &pending, report)?;

@@ -175,14 +175,7 @@ fn on_a_resumed_run_it_shows_what_is_done_and_what_remains_with_locks() {
 #[test]
 fn it_never_waits_behind_a_running_migration() {
     let db = seeded_broken();
-    let mut holder = db.client();
-    holder
-        .batch_execute("SET application_name = 'meta-chat-migrate'")
-        .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
-    holder
-        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
-        .unwrap();
+    let (_holder, _) = hold_migration_lock(&db);
     let started = Instant::now();
     let (text, _) = dry_run(&db, false);
     assert!(

@@ -125,23 +125,12 @@ fn concurrent_runners_apply_each_version_once() {
 fn a_waiting_runner_names_the_pid_holding_the_lock() {
     let db = TestDb::new();
     // A session that looks like a runner holding the lock (application name, recent activity).
-    let mut holder = db.client();
-    holder
-        .batch_execute("SET application_name = 'meta-chat-migrate'")
-        .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
-    holder
-        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
-        .unwrap();
-    let pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let (mut holder, pid) = hold_migration_lock(&db);
     let url = db.url.clone();
     let runner = thread::spawn(move || run_bin(&url, &["migrate"]));
     thread::sleep(Duration::from_millis(1500));
     holder
-        .execute("SELECT pg_advisory_unlock($1, $2)", &[&k1, &k2])
+        .batch_execute("SELECT pg_advisory_unlock_all()")
         .unwrap();
     let out = runner.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -42,14 +42,7 @@ fn with_query(url: &str, query: &str) -> String {
 /// Holds the migration lock so that a runner started now waits, and reports whether each of
 /// its backends in `db` is encrypted.
 fn ssl_of_waiting_runner(db: &TestDb, url: &str) -> (Vec<bool>, Output) {
-    let mut holder = db.client();
-    holder
-        .batch_execute("SET application_name = 'meta-chat-migrate'")
-        .unwrap();
-    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
-    holder
-        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
-        .unwrap();
+    let (mut holder, _) = hold_migration_lock(db);
     let runner = {
         let url = url.to_string();
         thread::spawn(move || run_bin(&url, &["migrate"]))
@@ -75,7 +68,7 @@ fn ssl_of_waiting_runner(db: &TestDb, url: &str) -> (Vec<bool>, Output) {
         thread::sleep(Duration::from_millis(50));
     }
     holder
-        .execute("SELECT pg_advisory_unlock($1, $2)", &[&k1, &k2])
+        .batch_execute("SELECT pg_advisory_unlock_all()")
         .unwrap();
     (ssl, runner.join().unwrap())
 }

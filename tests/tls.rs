@@ -28,6 +28,22 @@ leaf stranger mcm_cert "extendedKeyUsage=clientAuth"
 openssl rsa -in client.key -out client-rsa.key -traditional
 "#;
 
+/// A new directory with the certificates `script` (bash, openssl) makes in it.
+fn certificates(label: &str, script: &str) -> TempDir {
+    let certs = TempDir::new(label);
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(&certs.0)
+        .output()
+        .expect("bash and openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    certs
+}
+
 struct TlsServer {
     cluster: Cluster,
     certs: TempDir,
@@ -35,17 +51,7 @@ struct TlsServer {
 
 impl TlsServer {
     fn start() -> TlsServer {
-        let certs = TempDir::new("certs");
-        let out = Command::new("bash")
-            .args(["-c", MAKE_CERTS])
-            .current_dir(&certs.0)
-            .output()
-            .expect("bash and openssl");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let certs = certificates("certs", MAKE_CERTS);
         let read = |name: &str| std::fs::read_to_string(certs.0.join(name)).unwrap();
         let (crt, key, ca) = (read("server.crt"), read("server.key"), read("ca.crt"));
         let cluster = Cluster::start(
@@ -265,21 +271,11 @@ fn sslrootcert_system_refuses_a_server_the_system_does_not_trust() {
 /// handshake's signature is still checked against its key. `verify-ca` refuses it.
 #[test]
 fn require_and_prefer_accept_an_x509_v1_certificate() {
-    let certs = TempDir::new("v1");
-    let out = Command::new("bash")
-        .args([
-            "-c",
-            "set -e; openssl req -new -newkey rsa:2048 -nodes -keyout server.key -subj /CN=localhost -out server.csr 2>/dev/null
+    let certs = certificates(
+        "v1",
+        "set -e; openssl req -new -newkey rsa:2048 -nodes -keyout server.key -subj /CN=localhost -out server.csr 2>/dev/null
              openssl x509 -req -in server.csr -signkey server.key -days 2 -out server.crt 2>/dev/null
              openssl x509 -in server.crt -noout -text | grep -q 'Version: 1 (0x0)'",
-        ])
-        .current_dir(&certs.0)
-        .output()
-        .expect("bash and openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let read = |name: &str| std::fs::read_to_string(certs.0.join(name)).unwrap();
     let cluster = Cluster::start(

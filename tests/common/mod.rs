@@ -840,20 +840,27 @@ pub struct BusyHolder {
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A session that looks like a runner holding the migration lock (its application name, the
+/// lock's keys), and its backend pid.
+pub fn hold_migration_lock(db: &TestDb) -> (Client, i32) {
+    let mut holder = db.client();
+    holder
+        .batch_execute("SET application_name = 'meta-chat-migrate'")
+        .unwrap();
+    let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
+    holder
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
+        .unwrap();
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    (holder, pid)
+}
+
 impl BusyHolder {
     pub fn take(db: &TestDb) -> BusyHolder {
-        let mut holder = db.client();
-        holder
-            .batch_execute("SET application_name = 'meta-chat-migrate'")
-            .unwrap();
-        let (k1, k2) = meta_chat_migrations::db::lock::ADVISORY_LOCK_KEYS;
-        holder
-            .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
-            .unwrap();
-        let pid: i32 = holder
-            .query_one("SELECT pg_backend_pid()", &[])
-            .unwrap()
-            .get(0);
+        let (mut holder, pid) = hold_migration_lock(db);
         let handle = std::thread::spawn(move || {
             let _ = holder.batch_execute("SELECT pg_sleep(300)");
         });
